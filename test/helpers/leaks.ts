@@ -1,53 +1,77 @@
 /**
  * Fail a test file when it leaks sockets, servers, timers or child processes.
  *
- * `failOnLeaks(test)` records the process's active resources before the file's first test and,
- * after the last one, waits (bounded, checking after each event-loop turn) for them to return to
- * that baseline. Anything left is listed in the failure.
+ * `failOnLeaks(test)` watches, from before the file's first test, every socket, server, child
+ * process and timer created (through `async_hooks`, so unref'd ones count too) and, after the last
+ * test, waits a bounded time for them to be closed or to have fired. Whatever is still open is a
+ * leak and fails the file, listed by type.
  */
+import { createHook } from 'node:async_hooks';
 import type { TestFn } from 'ava';
 
 const SETTLE_LIMIT_MS = 3000;
+const WATCHED = new Set(['TCPWRAP', 'TCPSERVERWRAP', 'PIPEWRAP', 'PIPESERVERWRAP', 'PROCESSWRAP', 'UDPWRAP', 'Timeout']);
+/**
+ * Timers that belong to the process, not to the code under test: the global `fetch` (undici)
+ * keeps one unref'd timer wheel for its whole life, and this file's own settle loop.
+ */
+const IGNORED_TIMER_SOURCES = [/node:internal\/deps\/undici/, /test\/helpers\/leaks\.ts/];
 
-function countByType(list: string[]): Map<string, number> {
+/** Judge a new timer by the frames of whoever created it (below `new Timeout`, not this hook). */
+function isIgnoredTimer(): boolean {
+  const lines = (new Error().stack ?? '').split('\n');
+  const start = lines.findIndex((line) => line.includes('new Timeout'));
+  const creator = lines.slice(start + 1, start + 4).join('\n');
+  return IGNORED_TIMER_SOURCES.some((pattern) => pattern.test(creator));
+}
+
+interface Tracker {
+  live: Map<number, string>;
+  stop(): void;
+}
+
+function startTracking(): Tracker {
+  const live = new Map<number, string>();
+  const hook = createHook({
+    init(asyncId, type) {
+      if (!WATCHED.has(type)) return;
+      if (type === 'Timeout' && isIgnoredTimer()) return;
+      live.set(asyncId, type);
+    },
+    destroy(asyncId) {
+      live.delete(asyncId);
+    },
+  });
+  hook.enable();
+  return { live, stop: () => hook.disable() };
+}
+
+function summary(live: Map<number, string>): string[] {
   const counts = new Map<string, number>();
-  for (const type of list) counts.set(type, (counts.get(type) ?? 0) + 1);
-  return counts;
+  for (const type of live.values()) counts.set(type, (counts.get(type) ?? 0) + 1);
+  return [...counts].map(([type, count]) => `${type} x${count}`).sort();
 }
 
-function excess(baseline: Map<string, number>): string[] {
-  const now = countByType(process.getActiveResourcesInfo());
-  const leaked: string[] = [];
-  for (const [type, count] of now) {
-    const extra = count - (baseline.get(type) ?? 0);
-    if (extra > 0) leaked.push(`${type} x${extra}`);
-  }
-  return leaked;
-}
-
-/** Resolve after the current timers phase, without leaving a timer behind. */
-function turn(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-export async function waitForNoLeaks(baseline: Map<string, number>): Promise<string[]> {
+/** Wait until `live` is empty or the limit passes; polls once per event-loop turn plus 20 ms. */
+async function settle(live: Map<number, string>): Promise<void> {
   const deadline = Date.now() + SETTLE_LIMIT_MS;
-  let leaked = excess(baseline);
-  while (leaked.length > 0 && Date.now() < deadline) {
+  while (live.size > 0 && Date.now() < deadline) {
     await new Promise<void>((resolve) => setImmediate(resolve));
-    await turn(20);
-    leaked = excess(baseline);
+    await new Promise<void>((resolve) => setTimeout(resolve, 20));
   }
-  return leaked;
 }
 
 export function failOnLeaks<C>(test: TestFn<C>): void {
-  let baseline = new Map<string, number>();
+  let tracker: Tracker | null = null;
   test.before(() => {
-    baseline = countByType(process.getActiveResourcesInfo());
+    tracker = startTracking();
   });
-  test.after.always('no leaked handles or timers', async (t) => {
-    const leaked = await waitForNoLeaks(baseline);
+  test.after.always('no leaked sockets, servers, child processes or timers', async (t) => {
+    if (tracker === null) return;
+    const { live } = tracker;
+    await settle(live);
+    tracker.stop();
+    const leaked = summary(live);
     t.deepEqual(leaked, [], `leaked resources: ${leaked.join(', ')}`);
   });
 }
