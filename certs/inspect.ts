@@ -7,6 +7,8 @@ import { normalizeSerial, pemBlocks, type PemBlock } from './pem.js';
 import { subjectAltNames } from './verify-chain.js';
 import { x509 } from './x509.js';
 
+const SAN_OID = '2.5.29.17';
+
 const EKU_NAMES: Readonly<Record<string, string>> = {
   [x509.ExtendedKeyUsage.serverAuth]: 'serverAuth',
   [x509.ExtendedKeyUsage.clientAuth]: 'clientAuth',
@@ -67,8 +69,8 @@ function describeBlock(block: PemBlock, now: Date): string[] {
     case 'NEW CERTIFICATE REQUEST': {
       const csr = new x509.Pkcs10CertificateRequest(block.der);
       const { uris, dnsNames, ipAddresses } = (() => {
-        const san = csr.getExtension(x509.SubjectAlternativeNameExtension.NAME);
-        const names = san === null ? [] : new x509.SubjectAlternativeNameExtension(san.rawData).names.items;
+        const san = csr.extensions.find((e) => e.type === SAN_OID);
+        const names = san === undefined ? [] : new x509.SubjectAlternativeNameExtension(san.rawData).names.items;
         return {
           uris: names.filter((n) => n.type === 'url').map((n) => n.value),
           dnsNames: names.filter((n) => n.type === 'dns').map((n) => n.value),
