@@ -4,6 +4,9 @@
  * discovery and the JWKS are cached and that unknown-kid refetches are rate-limited.
  */
 import test from 'ava';
+import type { ExecutionContext } from 'ava';
+import { createServer } from 'node:http';
+import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -261,4 +264,70 @@ test('the dev issuer keeps its keys in stateDir (mode 0600) across restarts', as
   t.is((await verifierFor(second).verify(token)).subject, SUBJECT);
   await second.rotateKey();
   t.is((await stat(join(dir, DEV_ISSUER_KEYS_FILE))).mode & 0o777, 0o600);
+});
+
+test('concurrent first verifications share one discovery and one JWKS fetch; an expired cache is refetched', async (t) => {
+  const issuer = await startIssuer(t);
+  const verifier = verifierFor(issuer);
+  const tokens = await Promise.all(Array.from({ length: 10 }, () => issuer.mint({ subject: SUBJECT, audience: AUDIENCE })));
+  const results = await Promise.all(tokens.map((token) => verifier.verify(token)));
+  t.is(results.length, 10);
+  t.deepEqual(issuer.requests, { discovery: 1, jwks: 1 });
+
+  const uncached = verifierFor(issuer, { jwksCacheMaxAgeMs: 0 });
+  await uncached.verify(tokens[0] ?? '');
+  await uncached.verify(tokens[1] ?? '');
+  t.deepEqual(issuer.requests, { discovery: 2, jwks: 3 }, 'with a zero cache age every verification refetches the JWKS (discovery stays cached)');
+});
+
+/** An issuer that misbehaves in one chosen way; its tokens are signed with a key we hold. */
+async function misbehavingIssuer(t: ExecutionContext, behaviour: 'good' | 'wrong-issuer' | 'redirect' | 'remote-http' | 'not-a-jwks' | 'huge' | 'status-500') {
+  const { privateKey, publicKey } = await generateKeyPair('ES256');
+  const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
+  let base = '';
+  const server = createServer((request, response) => {
+    const send = (status: number, body: unknown, headers: Record<string, string> = {}) => {
+      response.writeHead(status, { 'content-type': 'application/json', ...headers });
+      response.end(typeof body === 'string' ? body : JSON.stringify(body));
+    };
+    if (request.url === '/.well-known/openid-configuration') {
+      const jwksUri = behaviour === 'remote-http' ? 'http://keys.example.com/jwks' : `${base}/jwks`;
+      send(200, { issuer: behaviour === 'wrong-issuer' ? 'https://someone.else' : base, jwks_uri: jwksUri });
+    } else if (request.url === '/jwks') {
+      if (behaviour === 'redirect') send(302, '', { location: `${base}/real-jwks` });
+      else if (behaviour === 'not-a-jwks') send(200, { keys: 'nope' });
+      else if (behaviour === 'huge') send(200, { keys: [jwk], padding: 'x'.repeat(300 * 1024) });
+      else if (behaviour === 'status-500') send(500, { error: 'down' });
+      else send(200, { keys: [jwk] });
+    } else if (request.url === '/real-jwks') {
+      send(200, { keys: [jwk] });
+    } else {
+      send(404, {});
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections();
+  }));
+  const address = server.address();
+  base = `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`;
+  const token = await new SignJWT(honestClaims(base)).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).sign(privateKey);
+  return { base, token };
+}
+
+for (const behaviour of ['wrong-issuer', 'redirect', 'remote-http', 'not-a-jwks', 'huge', 'status-500'] as const) {
+  test(`refuses keys from an issuer that misbehaves: ${behaviour}`, async (t) => {
+    const { base, token } = await misbehavingIssuer(t, behaviour);
+    const verifier = createWorkloadTokenVerifier({ issuer: base, audience: AUDIENCE, allowedSubjects: SUBJECT });
+    const error = await t.throwsAsync(verifier.verify(token));
+    t.is((error as { code?: string } | undefined)?.code, 'TOKEN_ISSUER_UNREACHABLE', error?.message);
+    t.log(error?.message);
+  });
+}
+
+test('control: the same harness, behaving, serves keys that verify its token', async (t) => {
+  const { base, token } = await misbehavingIssuer(t, 'good');
+  const verifier = createWorkloadTokenVerifier({ issuer: base, audience: AUDIENCE, allowedSubjects: SUBJECT });
+  t.is((await verifier.verify(token)).issuer, base);
 });
