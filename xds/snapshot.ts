@@ -1,0 +1,155 @@
+/**
+ * Immutable snapshots of xDS resources. Each resource is encoded once, when it enters a snapshot:
+ * its bytes, its `Any` encoding and its content-hash version are computed here and the same object
+ * is shared by every stream that sends it (responses are assembled from these bytes, never
+ * re-encoded per client). A resource whose content did not change keeps its object across
+ * snapshots (`previous`), so unchanged resources cost nothing on republish.
+ */
+import { createHash } from 'node:crypto';
+import { create, toBinary } from '@bufbuild/protobuf';
+import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
+import type { Message } from '@bufbuild/protobuf';
+import { AnySchema } from '@bufbuild/protobuf/wkt';
+import { TetherError } from '../common/errors.js';
+import type { Cluster } from './gen/envoy/config/cluster/v3/cluster_pb.js';
+import type { ClusterLoadAssignment } from './gen/envoy/config/endpoint/v3/endpoint_pb.js';
+import type { Listener } from './gen/envoy/config/listener/v3/listener_pb.js';
+import type { RouteConfiguration } from './gen/envoy/config/route/v3/route_pb.js';
+import type { Secret } from './gen/envoy/extensions/transport_sockets/tls/v3/secret_pb.js';
+import { RESOURCE_TYPES, TypeUrl } from './resource-types.js';
+import type { ResourceKind } from './resource-types.js';
+
+/** One resource version, encoded once and shared. */
+export class EncodedResource {
+  /** `Any` encoding, ready to be placed in `DiscoveryResponse.resources`. */
+  readonly anyBytes: Uint8Array;
+  #deltaBytes: Uint8Array | null = null;
+
+  constructor(
+    readonly typeUrl: string,
+    readonly name: string,
+    /** Content hash of `value`. */
+    readonly version: string,
+    /** The decoded message (for validation, CSDS, consistency checks). */
+    readonly message: Message,
+    /** The message's protobuf encoding. */
+    readonly value: Uint8Array,
+  ) {
+    this.anyBytes = toBinary(AnySchema, create(AnySchema, { typeUrl, value }));
+  }
+
+  /** `envoy.service.discovery.v3.Resource{name, version, resource}` encoding, for Delta. */
+  get deltaBytes(): Uint8Array {
+    if (this.#deltaBytes === null) {
+      // Resource: name = 3, version = 1, resource = 2 (envoy/service/discovery/v3/discovery.proto).
+      const out = new BinaryWriter();
+      out.tag(3, WireType.LengthDelimited).string(this.name);
+      out.tag(1, WireType.LengthDelimited).string(this.version);
+      out.tag(2, WireType.LengthDelimited).bytes(this.anyBytes);
+      this.#deltaBytes = out.finish();
+      return this.#deltaBytes;
+    }
+    return this.#deltaBytes;
+  }
+
+  /** Approximate retained size, for accounting. */
+  get byteLength(): number {
+    return this.value.byteLength + this.anyBytes.byteLength;
+  }
+}
+
+/** What a snapshot is built from: messages, by kind. */
+export interface SnapshotInput {
+  clusters?: Cluster[];
+  endpoints?: ClusterLoadAssignment[];
+  listeners?: Listener[];
+  routes?: RouteConfiguration[];
+  secrets?: Secret[];
+}
+
+const NAME_OF: Record<ResourceKind, (message: Message) => string> = {
+  cluster: (m) => (m as Cluster).name,
+  endpoint: (m) => (m as ClusterLoadAssignment).clusterName,
+  listener: (m) => (m as Listener).name,
+  route: (m) => (m as RouteConfiguration).name,
+  secret: (m) => (m as Secret).name,
+};
+
+const INPUT_KEY: Record<ResourceKind, keyof SnapshotInput> = {
+  cluster: 'clusters',
+  endpoint: 'endpoints',
+  listener: 'listeners',
+  route: 'routes',
+  secret: 'secrets',
+};
+
+function hash(bytes: Uint8Array | string): string {
+  return createHash('sha256').update(bytes).digest('base64url').slice(0, 16);
+}
+
+export class Snapshot {
+  /** Per type URL: name → resource. */
+  readonly resources: ReadonlyMap<string, ReadonlyMap<string, EncodedResource>>;
+  /** Per type URL: a hash over every (name, version) of that type; changes iff any resource does. */
+  readonly versions: ReadonlyMap<string, string>;
+  /** `performance.now()` when built: the change time that convergence is measured from. */
+  readonly createdAt: number;
+
+  constructor(resources: Map<string, Map<string, EncodedResource>>) {
+    this.resources = resources;
+    const versions = new Map<string, string>();
+    for (const type of RESOURCE_TYPES) {
+      const byName = resources.get(type.typeUrl) ?? new Map<string, EncodedResource>();
+      if (!resources.has(type.typeUrl)) resources.set(type.typeUrl, byName);
+      const names = [...byName.keys()].sort();
+      versions.set(type.typeUrl, byName.size === 0 ? 'empty' : hash(names.map((n) => `${n}\u0000${byName.get(n)?.version}`).join('\u0001')));
+    }
+    this.versions = versions;
+    this.createdAt = performance.now();
+  }
+
+  static empty(): Snapshot {
+    return new Snapshot(new Map());
+  }
+
+  /**
+   * Encode `input` into a snapshot. Resources equal in content to one in `previous` reuse its
+   * object (and its bytes). Duplicate names within a type are refused (research/xds.md R3).
+   */
+  static build(input: SnapshotInput, previous?: Snapshot): Snapshot {
+    const resources = new Map<string, Map<string, EncodedResource>>();
+    for (const type of RESOURCE_TYPES) {
+      const byName = new Map<string, EncodedResource>();
+      const old = previous?.resources.get(type.typeUrl);
+      const list = (input[INPUT_KEY[type.kind]] ?? []) as Message[];
+      for (const message of list) {
+        const name = NAME_OF[type.kind](message);
+        if (name === '') {
+          throw new TetherError('XDS_INVALID_RESOURCE', `a ${type.kind} has an empty name`, { details: { type: type.typeUrl } });
+        }
+        if (byName.has(name)) {
+          throw new TetherError('XDS_DUPLICATE_RESOURCE', `${type.kind} "${name}" appears twice`, { details: { type: type.typeUrl, name } });
+        }
+        const value = toBinary(type.schema, message);
+        const version = hash(value);
+        const reused = old?.get(name);
+        byName.set(name, reused !== undefined && reused.version === version ? reused : new EncodedResource(type.typeUrl, name, version, message, value));
+      }
+      resources.set(type.typeUrl, byName);
+    }
+    return new Snapshot(resources);
+  }
+
+  get(typeUrl: string): ReadonlyMap<string, EncodedResource> {
+    return this.resources.get(typeUrl) ?? new Map();
+  }
+
+  version(typeUrl: string): string {
+    return this.versions.get(typeUrl) ?? 'empty';
+  }
+
+  /** Messages by kind (for validation). */
+  messages<T extends Message>(kind: ResourceKind): T[] {
+    return [...this.get(TypeUrl[kind]).values()].map((r) => r.message as T);
+  }
+}

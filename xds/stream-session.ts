@@ -1,0 +1,472 @@
+/**
+ * One xDS stream (SotW or Delta; ADS or one per-type service) and its subscription state machine.
+ *
+ * The rules, by research/xds.md (b) ID:
+ * - node is cached from the first request (S3); ADS requests need a type URL (S4); each type is
+ *   its own sub-stream with its own nonce and versions (S5).
+ * - nonces: a request echoing the last response's nonce ACKs it, or NACKs it when it carries
+ *   `error_detail` (V4). A stale nonce (V6) is ignored unless it changes the subscription, which
+ *   is then answered at once (never lost: V5, V6 caveat, V7).
+ * - at most one un-ACKed response per type; changes that arrive meanwhile coalesce into the next
+ *   one (U2). Nothing is sent when nothing changed (U1). NACKed versions are remembered as sent,
+ *   so they are never re-pushed in a loop (V8); a later change or a resubscribe sends again.
+ * - newly requested names are sent even if sent before (U3, U5); requested-but-missing names are
+ *   remembered and sent when they appear (U4).
+ * - SotW LDS/CDS carry the full requested set (R1); other types carry what changed (R2).
+ * - Delta: removals and not-found in removed_resources (R5, R6), `initial_resource_versions` on
+ *   reconnect (Δ1), phantom unsubscribes ignored (Δ3), unsubscribe needs no response (Δ4) except
+ *   under a wildcard (W3).
+ * - ADS ordering, make-before-break (O1-O3): listeners and routes wait while clusters or
+ *   endpoints are un-ACKed; clusters that disappear stay in CDS until listeners and routes have
+ *   converged; for Envoy, a changed cluster's load assignment is re-sent (O3, envoy#31535).
+ */
+import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
+import type { Logger } from '../common/log.js';
+import type { ClientKind } from './client-kind.js';
+import { clientKindOf } from './client-kind.js';
+import type { DeltaDiscoveryRequest, DiscoveryRequest } from './gen/envoy/service/discovery/v3/discovery_pb.js';
+import type { Node } from './gen/envoy/config/core/v3/base_pb.js';
+import type { Cluster } from './gen/envoy/config/cluster/v3/cluster_pb.js';
+import type { XdsMetrics } from './metrics.js';
+import { edsNameOf } from './references.js';
+import { RESOURCE_TYPES, TypeUrl, resourceTypeByUrl } from './resource-types.js';
+import type { ResourceType } from './resource-types.js';
+import type { EncodedResource, Snapshot } from './snapshot.js';
+import { ABSENT, TypeState } from './type-state.js';
+import type { NackRecord } from './type-state.js';
+
+export type Protocol = 'sotw' | 'delta';
+
+/** What a session needs from its server. */
+export interface SessionHost {
+  snapshotFor(session: StreamSession): Snapshot;
+  metrics: XdsMetrics;
+  logger: Logger;
+  /** Called once the first request told us who the client is. */
+  identified(session: StreamSession): void;
+}
+
+/** Where responses go: bytes already encoded as (Delta)DiscoveryResponse. */
+export interface ResponseSink {
+  write(bytes: Uint8Array): void;
+  /** End the stream with a gRPC status code and message. */
+  fail(code: number, message: string): void;
+}
+
+/** gRPC status INVALID_ARGUMENT. */
+const INVALID_ARGUMENT = 3;
+
+interface SotwOut {
+  resources: EncodedResource[];
+  full: Map<string, EncodedResource> | null;
+}
+
+interface DeltaOut {
+  resources: EncodedResource[];
+  removed: string[];
+}
+
+let sessionCounter = 0;
+
+export class StreamSession {
+  readonly id = `s${++sessionCounter}`;
+  node: Node | undefined;
+  kind: ClientKind = 'other';
+  readonly connectedAt = new Date();
+  readonly states = new Map<string, TypeState>();
+  #nonce = 0;
+  #closed = false;
+
+  constructor(
+    readonly protocol: Protocol,
+    /** null on ADS; the served type on a per-type stream. */
+    readonly fixedType: ResourceType | null,
+    private readonly host: SessionHost,
+    private readonly sink: ResponseSink,
+  ) {}
+
+  get ads(): boolean {
+    return this.fixedType === null;
+  }
+
+  get nodeId(): string {
+    return this.node?.id ?? '';
+  }
+
+  close(): void {
+    this.#closed = true;
+  }
+
+  // ---- requests -------------------------------------------------------------------------
+
+  #identify(node: Node | undefined): boolean {
+    if (this.node !== undefined) return true;
+    if (node === undefined) {
+      this.sink.fail(INVALID_ARGUMENT, 'the first request on a stream must carry node (S3)');
+      return false;
+    }
+    this.node = node;
+    this.kind = clientKindOf(node);
+    this.host.identified(this);
+    return true;
+  }
+
+  #typeFor(typeUrl: string): ResourceType | null | 'invalid' {
+    if (this.fixedType !== null) {
+      if (typeUrl !== '' && typeUrl !== this.fixedType.typeUrl) {
+        this.sink.fail(INVALID_ARGUMENT, `type_url ${typeUrl} on the ${this.fixedType.kind} service`);
+        return 'invalid';
+      }
+      return this.fixedType;
+    }
+    if (typeUrl === '') {
+      this.sink.fail(INVALID_ARGUMENT, 'type_url is required on ADS requests (S4)');
+      return 'invalid';
+    }
+    const type = resourceTypeByUrl(typeUrl);
+    if (type === undefined) {
+      this.host.logger.warn({ session: this.id, node: this.nodeId, typeUrl }, 'xDS request for an unsupported type; not answered');
+      return null;
+    }
+    return type;
+  }
+
+  #state(type: ResourceType): { state: TypeState; first: boolean } {
+    const existing = this.states.get(type.typeUrl);
+    if (existing) return { state: existing, first: false };
+    const state = new TypeState(type);
+    this.states.set(type.typeUrl, state);
+    return { state, first: true };
+  }
+
+  onSotwRequest(request: DiscoveryRequest): void {
+    if (this.#closed || !this.#identify(request.node)) return;
+    const type = this.#typeFor(request.typeUrl);
+    if (type === null || type === 'invalid') return;
+    const { state, first } = this.#state(type);
+    const now = performance.now();
+    const before = state.subscriptionKey();
+    const names = request.resourceNames;
+    if (names.length > 0) state.explicit = true;
+    state.wildcard = names.includes('*') || (!state.explicit && type.legacyWildcard);
+    state.names.clear();
+    for (const name of names) if (name !== '*') state.names.add(name);
+    const changed = first || before !== state.subscriptionKey();
+    // Forget what left the subscription, so a later resubscribe is answered (U3).
+    for (const name of [...state.sent.keys()]) if (!state.interested(name)) state.sent.delete(name);
+
+    const nonce = request.responseNonce;
+    if (nonce !== '' && nonce !== state.lastNonce) {
+      // Stale nonce (V6): ignore, unless the subscription changed (never lose it).
+      if (!changed) return;
+      state.pending = null;
+    } else if (nonce !== '' && state.pending !== null && state.pending.nonce === nonce) {
+      this.#settle(state, request.versionInfo, request.errorDetail, now);
+    } else if (nonce === '' && first && request.versionInfo !== '' && type.fullStateInSotw && state.wildcard) {
+      // Reconnect with a version (V3): for a wildcard full-state type the client already holds
+      // exactly this version's set, so nothing needs to be re-sent.
+      const view = this.host.snapshotFor(this);
+      if (request.versionInfo === view.version(type.typeUrl)) {
+        for (const [name, resource] of view.get(type.typeUrl)) {
+          state.sent.set(name, resource);
+          state.acked.set(name, resource.version);
+        }
+        state.ackedVersion = request.versionInfo;
+        state.responded = true;
+        return;
+      }
+    }
+    if (changed) {
+      state.noteChange(now);
+      if (first || type.fullStateInSotw) state.forceRespond = true;
+    }
+    this.#evaluateAll(now);
+  }
+
+  onDeltaRequest(request: DeltaDiscoveryRequest): void {
+    if (this.#closed || !this.#identify(request.node)) return;
+    const type = this.#typeFor(request.typeUrl);
+    if (type === null || type === 'invalid') return;
+    const { state, first } = this.#state(type);
+    const now = performance.now();
+    const view = this.host.snapshotFor(this);
+    const byName = view.get(type.typeUrl);
+    const initial = first ? request.initialResourceVersions : {};
+    if (first) {
+      for (const [name, version] of Object.entries(initial)) state.known.set(name, version); // Δ1
+      if (request.resourceNamesSubscribe.length === 0 && type.legacyWildcard) state.wildcard = true;
+    }
+    for (const name of request.resourceNamesSubscribe) {
+      state.explicit = true;
+      if (name === '*') {
+        state.wildcard = true;
+        continue;
+      }
+      state.names.add(name);
+      // Subscribed names are always answered (U5), unless the client just told us its version (Δ1).
+      if (!(name in initial)) state.known.delete(name);
+    }
+    for (const name of request.resourceNamesUnsubscribe) {
+      if (name === '*') {
+        state.wildcard = false;
+        for (const held of [...state.known.keys()]) if (!state.names.has(held)) state.known.delete(held);
+        continue;
+      }
+      if (!state.names.has(name)) continue; // phantom unsubscribe (Δ3)
+      state.names.delete(name);
+      if (state.wildcard) {
+        // W3: still covered by the wildcard → resend it; not covered → report it removed.
+        if (byName.has(name)) state.known.delete(name);
+        else state.forcedRemovals.add(name);
+      } else {
+        state.known.delete(name); // Δ4: no response needed
+      }
+    }
+    const changed = first || request.resourceNamesSubscribe.length > 0 || state.forcedRemovals.size > 0;
+
+    const nonce = request.responseNonce;
+    if (nonce !== '' && state.pending !== null && state.pending.nonce === nonce) {
+      this.#settle(state, '', request.errorDetail, now);
+    } else if (nonce !== '' && nonce !== state.lastNonce && changed) {
+      // V7: a stale nonce never blocks a subscription change.
+      state.pending = null;
+    }
+    if (changed) state.noteChange(now);
+    if (first && state.wildcard) state.forceRespond = true;
+    this.#evaluateAll(now);
+  }
+
+  /** ACK or NACK of the pending response. */
+  #settle(state: TypeState, clientVersion: string, errorDetail: { code: number; message: string } | undefined, now: number): void {
+    const pending = state.pending;
+    if (pending === null) return;
+    state.pending = null;
+    state.lastUpdated = new Date();
+    const label = state.type.kind;
+    if (errorDetail !== undefined) {
+      const record: NackRecord = {
+        version: pending.version,
+        nonce: pending.nonce,
+        code: errorDetail.code,
+        message: errorDetail.message,
+        clientVersion,
+        at: new Date(),
+        names: pending.names,
+      };
+      state.lastNack = record;
+      for (const name of pending.names) state.nacked.set(name, record);
+      this.host.metrics.nacks.inc({ type: label });
+      this.host.logger.warn(
+        { session: this.id, node: this.nodeId, kind: this.kind, type: label, version: pending.version, error: errorDetail.message },
+        'xDS NACK',
+      );
+      return;
+    }
+    state.ackedVersion = this.protocol === 'sotw' ? clientVersion : pending.version;
+    for (const [name, version] of pending.versions) {
+      if (version === ABSENT) state.acked.delete(name);
+      else state.acked.set(name, version);
+      state.nacked.delete(name);
+    }
+    if (state.type.fullStateInSotw && this.protocol === 'sotw') {
+      for (const name of [...state.acked.keys()]) if (!pending.versions.has(name)) state.acked.delete(name);
+    }
+    this.host.metrics.acks.inc({ type: label });
+    this.host.metrics.convergence.observe({ type: label }, (now - pending.changeTime) / 1000);
+  }
+
+  // ---- snapshot changes -----------------------------------------------------------------
+
+  /** A new snapshot applies to this stream. */
+  onSnapshot(snapshot: Snapshot): void {
+    if (this.#closed) return;
+    for (const state of this.states.values()) state.noteChange(snapshot.createdAt);
+    this.#evaluateAll(performance.now());
+  }
+
+  #evaluateAll(now: number): void {
+    for (const type of RESOURCE_TYPES) {
+      const state = this.states.get(type.typeUrl);
+      if (state) this.#evaluate(state, now);
+    }
+  }
+
+  /** Listeners and routes wait while clusters or endpoints are in flight (O1, O2). */
+  #gated(state: TypeState): boolean {
+    if (!this.ads || (state.type.kind !== 'listener' && state.type.kind !== 'route')) return false;
+    return this.states.get(TypeUrl.cluster)?.pending != null || this.states.get(TypeUrl.endpoint)?.pending != null;
+  }
+
+  /** Listeners and routes hold nothing unsent (so retired clusters may go: O1). */
+  #routingConverged(view: Snapshot): boolean {
+    for (const url of [TypeUrl.listener, TypeUrl.route]) {
+      const state = this.states.get(url);
+      if (!state) continue;
+      if (state.pending !== null) return false;
+      const out = this.protocol === 'sotw' ? this.#computeSotw(state, view, false) : this.#computeDelta(state, view, false);
+      if (out !== null) return false;
+    }
+    return true;
+  }
+
+  #evaluate(state: TypeState, now: number): void {
+    if (state.pending !== null || this.#gated(state)) return; // coalesce until ACK
+    const view = this.host.snapshotFor(this);
+    if (this.protocol === 'sotw') {
+      const out = this.#computeSotw(state, view, true);
+      if (out === null) {
+        state.changeSince = null;
+        return;
+      }
+      this.#sendSotw(state, view, out, now);
+    } else {
+      const out = this.#computeDelta(state, view, true);
+      if (out === null) {
+        state.changeSince = null;
+        return;
+      }
+      this.#sendDelta(state, view, out, now);
+    }
+  }
+
+  #computeSotw(state: TypeState, view: Snapshot, allowForce: boolean): SotwOut | null {
+    const type = state.type;
+    const byName = view.get(type.typeUrl);
+    const force = allowForce && state.forceRespond;
+    if (type.fullStateInSotw) {
+      const desired = new Map<string, EncodedResource>();
+      if (state.wildcard) for (const [name, resource] of byName) desired.set(name, resource);
+      for (const name of state.names) {
+        const resource = byName.get(name);
+        if (resource) desired.set(name, resource);
+      }
+      if (this.ads && type.kind === 'cluster' && !this.#routingConverged(view)) {
+        for (const [name, resource] of state.sent) if (!desired.has(name) && state.interested(name)) desired.set(name, resource);
+      }
+      let same = desired.size === state.sent.size;
+      if (same) for (const [name, resource] of desired) if (state.sent.get(name) !== resource) same = false;
+      if (same && !force) return null;
+      return { resources: [...desired.values()], full: desired };
+    }
+    const resources: EncodedResource[] = [];
+    const consider = (name: string, resource: EncodedResource | undefined) => {
+      if (resource !== undefined && state.sent.get(name) !== resource) resources.push(resource);
+    };
+    if (state.wildcard) for (const [name, resource] of byName) consider(name, resource);
+    else for (const name of state.names) consider(name, byName.get(name));
+    if (resources.length === 0 && !force) return null;
+    return { resources, full: null };
+  }
+
+  #computeDelta(state: TypeState, view: Snapshot, allowForce: boolean): DeltaOut | null {
+    const type = state.type;
+    const byName = view.get(type.typeUrl);
+    const resources: EncodedResource[] = [];
+    const removed: string[] = [];
+    const holdRemovals = this.ads && type.kind === 'cluster' && !this.#routingConverged(view);
+    const consider = (name: string) => {
+      const resource = byName.get(name);
+      const known = state.known.get(name);
+      if (resource !== undefined) {
+        if (known !== resource.version) resources.push(resource);
+      } else if (known !== ABSENT) {
+        if (holdRemovals && known !== undefined) return;
+        if (known !== undefined || state.names.has(name)) removed.push(name);
+      }
+    };
+    if (state.wildcard) {
+      const names = new Set<string>([...byName.keys(), ...state.known.keys(), ...state.names]);
+      for (const name of names) consider(name);
+    } else {
+      for (const name of state.names) consider(name);
+    }
+    for (const name of state.forcedRemovals) if (!removed.includes(name)) removed.push(name);
+    if (resources.length === 0 && removed.length === 0 && !(allowForce && state.forceRespond)) return null;
+    return { resources, removed };
+  }
+
+  #nextNonce(): string {
+    this.#nonce += 1;
+    return this.#nonce.toString(36);
+  }
+
+  #sendSotw(state: TypeState, view: Snapshot, out: SotwOut, now: number): void {
+    const type = state.type;
+    const version = view.version(type.typeUrl);
+    const nonce = this.#nextNonce();
+    const writer = new BinaryWriter();
+    writer.tag(1, WireType.LengthDelimited).string(version);
+    for (const resource of out.resources) writer.tag(2, WireType.LengthDelimited).bytes(resource.anyBytes);
+    writer.tag(4, WireType.LengthDelimited).string(type.typeUrl);
+    writer.tag(5, WireType.LengthDelimited).string(nonce);
+    const bytes = writer.finish();
+
+    const changedClusters: EncodedResource[] = [];
+    if (out.full !== null) {
+      if (type.kind === 'cluster') for (const [name, resource] of out.full) if (state.sent.get(name) !== resource) changedClusters.push(resource);
+      state.sent.clear();
+      for (const [name, resource] of out.full) state.sent.set(name, resource);
+    } else {
+      for (const resource of out.resources) state.sent.set(resource.name, resource);
+    }
+    this.#recordSend(state, nonce, version, new Map(out.resources.map((r) => [r.name, r.version])), now, bytes.byteLength, out.resources.length);
+    this.sink.write(bytes);
+    this.#resendEndpointsOf(changedClusters);
+  }
+
+  #sendDelta(state: TypeState, view: Snapshot, out: DeltaOut, now: number): void {
+    const type = state.type;
+    const version = view.version(type.typeUrl);
+    const nonce = this.#nextNonce();
+    const writer = new BinaryWriter();
+    writer.tag(1, WireType.LengthDelimited).string(version);
+    for (const resource of out.resources) writer.tag(2, WireType.LengthDelimited).bytes(resource.deltaBytes);
+    writer.tag(4, WireType.LengthDelimited).string(type.typeUrl);
+    writer.tag(5, WireType.LengthDelimited).string(nonce);
+    for (const name of out.removed) writer.tag(6, WireType.LengthDelimited).string(name);
+    const bytes = writer.finish();
+
+    const changedClusters: EncodedResource[] = [];
+    const versions = new Map<string, string>();
+    for (const resource of out.resources) {
+      if (type.kind === 'cluster') changedClusters.push(resource);
+      state.known.set(resource.name, resource.version);
+      versions.set(resource.name, resource.version);
+    }
+    for (const name of out.removed) {
+      if (state.names.has(name)) state.known.set(name, ABSENT);
+      else state.known.delete(name);
+      versions.set(name, ABSENT);
+    }
+    state.forcedRemovals.clear();
+    this.#recordSend(state, nonce, version, versions, now, bytes.byteLength, out.resources.length);
+    this.sink.write(bytes);
+    this.#resendEndpointsOf(changedClusters);
+  }
+
+  #recordSend(state: TypeState, nonce: string, version: string, versions: Map<string, string>, now: number, byteLength: number, count: number): void {
+    state.pending = { nonce, version, names: [...versions.keys()], versions, changeTime: state.changeSince ?? now };
+    state.lastNonce = nonce;
+    state.changeSince = null;
+    state.forceRespond = false;
+    state.responded = true;
+    state.lastUpdated = new Date();
+    const label = state.type.kind;
+    this.host.metrics.responses.inc({ type: label });
+    this.host.metrics.bytesSent.inc({ type: label }, byteLength);
+    this.host.metrics.resourcesSent.inc({ type: label }, count);
+  }
+
+  /** Envoy finishes warming a changed cluster only after a new EDS response (O3). */
+  #resendEndpointsOf(clusters: EncodedResource[]): void {
+    if (this.kind !== 'envoy' || clusters.length === 0 || !this.ads) return;
+    const endpoints = this.states.get(TypeUrl.endpoint);
+    if (!endpoints) return;
+    for (const cluster of clusters) {
+      const name = edsNameOf(cluster.message as Cluster);
+      if (name === null) continue;
+      endpoints.sent.delete(name);
+      endpoints.known.delete(name);
+    }
+  }
+}
