@@ -39,7 +39,10 @@ export const JWKS_PATH = '/openid/v1/jwks';
 export interface DevOidcIssuerOptions {
   /** Signing algorithm of new keys; default ES256. */
   algorithm?: DevIssuerAlgorithm;
-  /** Listen port on 127.0.0.1; default 0 (any free port). Fix it to keep the issuer URL across restarts. */
+  /**
+   * Listen port on 127.0.0.1; default 0: the port saved in `stateDir` by the previous run if it is
+   * free (so the issuer URL, and the tokens minted for it, survive a restart), else any free port.
+   */
   port?: number;
   /** Folder to persist the signing keys in (created with mode 0700; the file gets 0600). */
   stateDir?: string;
@@ -70,6 +73,7 @@ interface SigningKey {
 const storedKeysSchema = z.object({
   version: z.literal(1),
   current: z.string(),
+  port: z.number().int().min(1).max(65535).optional(),
   keys: z
     .array(z.object({ kid: z.string(), alg: z.enum(['ES256', 'RS256']), createdAt: z.string(), privateKeyPem: z.string() }))
     .min(1),
@@ -234,21 +238,38 @@ export class DevOidcIssuer implements Closable {
   }
 
   async #start(): Promise<string> {
-    await this.#loadOrCreateKeys();
-    await new Promise<void>((resolve, reject) => {
-      const onError = (reason: Error): void => reject(new TetherError('DEV_ISSUER_LISTEN_FAILED', `cannot listen on 127.0.0.1:${this.#options.port}`, { cause: reason }));
+    const savedPort = await this.#loadOrCreateKeys();
+    if (this.#options.port !== 0) {
+      await this.#listenOn(this.#options.port);
+    } else if (savedPort !== undefined) {
+      try {
+        await this.#listenOn(savedPort);
+      } catch (reason) {
+        if (getErrorCode(reason instanceof Error ? reason.cause : reason) !== 'EADDRINUSE') throw reason;
+        await this.#listenOn(0); // taken by now: a new issuer URL, so earlier tokens no longer verify
+      }
+    } else {
+      await this.#listenOn(0);
+    }
+    const { port } = this.#server.address() as AddressInfo;
+    this.#issuer = `http://127.0.0.1:${port}`;
+    if (port !== savedPort) await this.#persist();
+    return this.#issuer;
+  }
+
+  #listenOn(port: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const onError = (reason: Error): void => reject(new TetherError('DEV_ISSUER_LISTEN_FAILED', `cannot listen on 127.0.0.1:${port}`, { cause: reason }));
       this.#server.once('error', onError);
-      this.#server.listen(this.#options.port, '127.0.0.1', () => {
+      this.#server.listen(port, '127.0.0.1', () => {
         this.#server.off('error', onError);
         resolve();
       });
     });
-    const { port } = this.#server.address() as AddressInfo;
-    this.#issuer = `http://127.0.0.1:${port}`;
-    return this.#issuer;
   }
 
-  async #loadOrCreateKeys(): Promise<void> {
+  /** Load the saved keys (returning the saved port) or make the first key. */
+  async #loadOrCreateKeys(): Promise<number | undefined> {
     const { stateDir } = this.#options;
     if (stateDir !== undefined) {
       let text: string | null = null;
@@ -264,19 +285,22 @@ export class DevOidcIssuer implements Closable {
           parsed.data.keys.map((stored) => signingKeyFrom(createPrivateKey(stored.privateKeyPem), stored.alg, stored.createdAt, stored.kid)),
         );
         this.#current = this.#keys.find((key) => key.kid === parsed.data.current) ?? this.#keys[this.#keys.length - 1] ?? null;
-        return;
+        return parsed.data.port;
       }
     }
     await this.rotateKey();
+    return undefined;
   }
 
   async #persist(): Promise<void> {
     const { stateDir } = this.#options;
     if (stateDir === undefined || this.#current === null) return;
     await mkdir(stateDir, { recursive: true, mode: 0o700 });
+    const address = this.#server.address();
     const stored = {
       version: 1,
       current: this.#current.kid,
+      ...(typeof address === 'object' && address !== null ? { port: address.port } : {}),
       keys: this.#keys.map((key) => ({
         kid: key.kid,
         alg: key.alg,
