@@ -20,7 +20,7 @@ export {
 export { verifyCertificateChain, subjectAltNames, type VerifiedPeer, type VerifyChainOptions } from './verify-chain.js';
 export { checkTlsPeer, certErrorCodeFor, tlsVerifyError, type CheckTlsPeerOptions, type TlsPeerResult } from './tls-peer.js';
 export { CertificateSource, type CertificateIssuer, type CertificateMaterial, type CertificateSourceOptions, type CertificateListener, type CertificateErrorListener } from './certificate-source.js';
-export { exportPkcs12, type Pkcs12Options } from './pkcs12.js';
+export { exportPkcs12, DEFAULT_PKCS12_ITERATIONS, type Pkcs12Options } from './pkcs12.js';
 export { inspectCertificate } from './inspect.js';
 export { createWorkloadTokenVerifier, TokenErrorCode, ASYMMETRIC_JWS_ALGORITHMS, DEFAULT_TOKEN_ALGORITHMS, type WorkloadTokenVerifier, type WorkloadTokenVerifierOptions, type VerifiedWorkload, type SubjectPattern } from './workload-token.js';
 export { readTokenFile, tokenFileSource, DEFAULT_SERVICE_ACCOUNT_TOKEN_PATH } from './workload-token-file.js';

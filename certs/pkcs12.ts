@@ -14,8 +14,8 @@ import { TetherError } from '../common/errors.js';
 import { parseCertificates } from './pem.js';
 
 const { asn1, pki } = forge;
-const ITERATIONS = 100_000;
-const MAC_ITERATIONS = 100_000;
+/** Key-derivation rounds for the key encryption and the MAC (OpenSSL's default is 2048). */
+export const DEFAULT_PKCS12_ITERATIONS = 20_000;
 const OID_SHA256 = '2.16.840.1.101.3.4.2.1';
 
 export interface Pkcs12Options {
@@ -24,6 +24,8 @@ export interface Pkcs12Options {
   chainPem: string;
   password: string;
   friendlyName?: string;
+  /** Default DEFAULT_PKCS12_ITERATIONS. */
+  iterations?: number;
 }
 
 function seq(items: forge.asn1.Asn1[]): forge.asn1.Asn1 {
@@ -54,6 +56,8 @@ function attribute(id: string, value: forge.asn1.Asn1): forge.asn1.Asn1 {
 
 export function exportPkcs12(opts: Pkcs12Options): Buffer {
   if (opts.password.length === 0) throw new TetherError('PKCS12_BAD_PASSWORD', 'a PKCS#12 export needs a non-empty password');
+  const iterations = opts.iterations ?? DEFAULT_PKCS12_ITERATIONS;
+  if (!Number.isInteger(iterations) || iterations < 1000) throw new RangeError('iterations: must be an integer >= 1000');
   const certs = parseCertificates(opts.chainPem, 'chain');
   const [leaf] = certs;
   if (leaf === undefined) throw new TetherError('CERT_MALFORMED', 'the chain holds no certificate');
@@ -80,7 +84,7 @@ export function exportPkcs12(opts: Pkcs12Options): Buffer {
   const privateKeyInfo = asn1.fromDer(forge.util.createBuffer(pkcs8.toString('binary')));
   const encryptedKey = pki.encryptPrivateKeyInfo(privateKeyInfo, passwordUtf8, {
     algorithm: 'aes256',
-    count: ITERATIONS,
+    count: iterations,
     saltSize: 16,
     prfAlgorithm: 'sha256',
   } as Parameters<typeof pki.encryptPrivateKeyInfo>[2]);
@@ -97,14 +101,14 @@ export function exportPkcs12(opts: Pkcs12Options): Buffer {
   const authSafe = der(seq([dataContent(der(seq(certBags))), dataContent(der(seq([keyBag])))]));
 
   const macSalt = forge.random.getBytesSync(16);
-  const macKey = forge.pkcs12.generateKey(opts.password, forge.util.createBuffer(macSalt), 3, MAC_ITERATIONS, 32, forge.md.sha256.create());
+  const macKey = forge.pkcs12.generateKey(opts.password, forge.util.createBuffer(macSalt), 3, iterations, 32, forge.md.sha256.create());
   const hmac = forge.hmac.create();
   hmac.start('sha256', macKey);
   hmac.update(authSafe);
   const macData = seq([
     seq([seq([oid(OID_SHA256), asn1.create(asn1.Class.UNIVERSAL, asn1.Type.NULL, false, '')]), octets(hmac.digest().getBytes())]),
     octets(macSalt),
-    asn1.create(asn1.Class.UNIVERSAL, asn1.Type.INTEGER, false, asn1.integerToDer(MAC_ITERATIONS).getBytes()),
+    asn1.create(asn1.Class.UNIVERSAL, asn1.Type.INTEGER, false, asn1.integerToDer(iterations).getBytes()),
   ]);
 
   const pfx = seq([asn1.create(asn1.Class.UNIVERSAL, asn1.Type.INTEGER, false, asn1.integerToDer(3).getBytes()), dataContent(authSafe), macData]);
