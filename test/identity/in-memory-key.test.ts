@@ -26,6 +26,9 @@ import { AUDIENCE, SUBJECT } from './token-fixtures.js';
 
 failOnLeaks(test);
 
+/** The system temporary folder, before the flow test points TMPDIR into its state folder. */
+const SYSTEM_TMP = tmpdir();
+
 interface KeyNeedles {
   label: string;
   needles: { encoding: string; bytes: Buffer }[];
@@ -83,8 +86,17 @@ async function scan(dir: string, keys: KeyNeedles[]): Promise<ScanResult> {
 }
 
 test('the exchange and renewal flow writes no agent private key under its state folder', async (t) => {
-  const state = await mkdtemp(join(tmpdir(), 'tether-state-'));
+  const state = await mkdtemp(join(SYSTEM_TMP, 'tether-state-'));
   t.teardown(() => rm(state, { recursive: true, force: true }));
+  // Anything a library would put in the temporary folder lands in the state folder too.
+  const savedTmpdir = process.env.TMPDIR;
+  await mkdir(join(state, 'tmp'));
+  process.env.TMPDIR = join(state, 'tmp');
+  t.teardown(() => {
+    if (savedTmpdir === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = savedTmpdir;
+  });
+  t.is(tmpdir(), join(state, 'tmp'));
 
   // Vendor side: a CA saved in the state folder, loaded back as the control plane would.
   const caDir = join(state, 'ca');
@@ -149,7 +161,7 @@ test('the exchange and renewal flow writes no agent private key under its state 
 });
 
 test('positive control: the scanner finds an agent key written in any of its encodings', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'tether-scan-control-'));
+  const dir = await mkdtemp(join(SYSTEM_TMP, 'tether-scan-control-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const source = new CertificateSource({
     issue: async (csrPem) => {
