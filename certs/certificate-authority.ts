@@ -423,7 +423,8 @@ export class CertificateAuthority {
     if (leaf.ttlMs > MAX_LEAF_TTL_MS) throw new TetherError('CERT_BAD_REQUEST', `leaf lifetime above the ${MAX_LEAF_TTL_MS / 86_400_000}-day maximum`);
     const start = leaf.notBefore?.getTime() ?? Date.now();
     const notBefore = new Date(leaf.notBefore === undefined ? start - CLOCK_SKEW_MS : start);
-    const notAfter = new Date(Math.min(start + leaf.ttlMs, this.intermediate.certificate.notAfter.getTime()));
+    // X.509 times have whole seconds: round the end up so a leaf never lives shorter than asked.
+    const notAfter = new Date(Math.min(Math.ceil((start + leaf.ttlMs) / 1000) * 1000, this.intermediate.certificate.notAfter.getTime()));
     const usage = leaf.ca
       ? x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.digitalSignature
       : x509.KeyUsageFlags.digitalSignature | (leaf.rsa ? x509.KeyUsageFlags.keyEncipherment : 0);
