@@ -156,8 +156,8 @@ export class StreamSession {
     for (const name of [...state.sent.keys()]) if (!state.interested(name)) state.sent.delete(name);
 
     const nonce = request.responseNonce;
-    if (nonce !== '' && nonce !== state.lastNonce) {
-      // Stale nonce (V6): ignore, unless the subscription changed (never lose it).
+    if (state.lastNonce !== '' && nonce !== state.lastNonce) {
+      // Stale (or missing) nonce (V6): ignore, unless the subscription changed (never lose it: V5).
       if (!changed) return;
       state.pending = null;
     } else if (nonce !== '' && state.pending !== null && state.pending.nonce === nonce) {
@@ -344,13 +344,13 @@ export class StreamSession {
         for (const [name, resource] of state.sent) if (!desired.has(name) && state.interested(name)) desired.set(name, resource);
       }
       let same = desired.size === state.sent.size;
-      if (same) for (const [name, resource] of desired) if (state.sent.get(name) !== resource) same = false;
+      if (same) for (const [name, resource] of desired) if (state.sent.get(name)?.version !== resource.version) same = false;
       if (same && !force) return null;
       return { resources: [...desired.values()], full: desired };
     }
     const resources: EncodedResource[] = [];
     const consider = (name: string, resource: EncodedResource | undefined) => {
-      if (resource !== undefined && state.sent.get(name) !== resource) resources.push(resource);
+      if (resource !== undefined && state.sent.get(name)?.version !== resource.version) resources.push(resource);
     };
     if (state.wildcard) for (const [name, resource] of byName) consider(name, resource);
     else for (const name of state.names) consider(name, byName.get(name));
@@ -403,7 +403,7 @@ export class StreamSession {
 
     const changedClusters: EncodedResource[] = [];
     if (out.full !== null) {
-      if (type.kind === 'cluster') for (const [name, resource] of out.full) if (state.sent.get(name) !== resource) changedClusters.push(resource);
+      if (type.kind === 'cluster') for (const [name, resource] of out.full) if (state.sent.get(name)?.version !== resource.version) changedClusters.push(resource);
       state.sent.clear();
       for (const [name, resource] of out.full) state.sent.set(name, resource);
     } else {
