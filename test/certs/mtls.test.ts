@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import tls from 'node:tls';
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { checkTlsPeer, tlsVerifyError, verifyCertificateChain } from '../../certs/index.js';
+import { checkTlsPeer, parseOneCertificate, tlsVerifyError, verifyCertificateChain } from '../../certs/index.js';
 import { failOnLeaks } from '../helpers/leaks.js';
 import { createTestPki, type TestPki, type TlsMaterial } from '../helpers/pki.js';
 
@@ -112,6 +112,14 @@ test('the server refuses expired, not-yet-valid, untrusted, revoked and wrong-id
   }
   const { reply } = await connect(server.port, undefined, pki.trustBundlePem);
   t.is(reply, 'refused CERT_MISSING');
+});
+
+test('revoking the intermediate refuses every certificate it issued, through the peer chain OpenSSL verified', async (t) => {
+  const pki = await createTestPki();
+  const intermediateSerial = parseOneCertificate(pki.ca.intermediateCertificatePem).serialNumber;
+  const server = await startServer(t, pki, { revokedSerials: new Set([intermediateSerial]) });
+  const { reply } = await connect(server.port, await pki.agentCert(), pki.trustBundlePem);
+  t.is(reply, 'refused CERT_REVOKED');
 });
 
 test('a client refuses an expired or untrusted server certificate during the handshake', async (t) => {
