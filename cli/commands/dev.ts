@@ -1,4 +1,54 @@
+/** `tether dev`: run the whole system locally and print what to try. */
 import type { Command } from 'commander';
+import { TetherError } from '../../common/errors.js';
+import { createLogger } from '../../common/log.js';
+import { handleSignals } from '../../common/shutdown.js';
+import { startDevSystem } from '../dev-system.js';
 
-/** `tether dev`: runs the whole system locally. */
-export function registerDevCommand(_program: Command): void {}
+export function parseHostPort(value: string): { host: string; port: number } {
+  const match = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(value);
+  const port = Number(match?.[2]);
+  if (match === null || match[1] === undefined || port > 65535) {
+    throw new TetherError('INVALID_OPTIONS', `--listen: expected HOST:PORT, got "${value}"`);
+  }
+  return { host: match[1].replace(/^\[|\]$/g, ''), port };
+}
+
+export function registerDevCommand(program: Command): void {
+  program
+    .command('dev')
+    .description('run gateway, agent, identity issuer and a demo upstream locally; prints what to try')
+    .option('--state-dir <dir>', 'where the local CA and dev issuer keys are kept', '.tether/dev')
+    .option('--listen <host:port>', 'cleartext client listener (HTTP/1.1 and h2c); port 0 picks one', '127.0.0.1:8080')
+    .option('--upstream <url>', "point the demo cluster's default route at this HTTP server")
+    .action(async (opts: { stateDir: string; listen: string; upstream?: string }) => {
+      const logger = createLogger('dev', process.env.TETHER_LOG_LEVEL ?? 'warn');
+      const system = await startDevSystem({
+        stateDir: opts.stateDir,
+        listen: parseHostPort(opts.listen),
+        ...(opts.upstream === undefined ? {} : { upstream: opts.upstream }),
+        logger,
+      });
+      const lines = [
+        'tether dev is running: dev identity issuer, identity exchange, gateway, agent (cluster "demo"), demo upstream.',
+        `  agent identity:  ${system.agentCertificate.spiffeId ?? '?'} (key in memory only, expires ${system.agentCertificate.notAfter.toISOString()})`,
+        `  trust bundle:    ${system.caFile}`,
+        `  client token:    ${system.clientTokenFile}`,
+        `  gateway metrics: ${system.gatewayAdminUrl}/metrics`,
+        `  agent readiness: ${system.agentAdminUrl}/readyz`,
+        '',
+        'Try:',
+        `  curl -H "authorization: Bearer $(cat ${system.clientTokenFile})" -H "host: ${system.clusterHost}" ${system.clientUrl}/hello`,
+        `  curl -H "authorization: Bearer $(cat ${system.clientTokenFile})" -H "tether-cluster: demo" ${system.clientUrl}/hello`,
+        `  curl --cacert ${system.caFile} -H "authorization: Bearer $(cat ${system.clientTokenFile})" --resolve ${system.clusterHost}:${new URL(system.tlsUrl).port}:127.0.0.1 https://${system.clusterHost}:${new URL(system.tlsUrl).port}/hello`,
+        `  curl ${system.clientUrl}/hello -H "tether-cluster: demo"     # no token: 401`,
+        '',
+        `client-url: ${system.clientUrl}`,
+        `host: ${system.clusterHost}`,
+        '',
+        'Ctrl-C drains and stops.',
+      ];
+      process.stdout.write(`${lines.join('\n')}\n`);
+      handleSignals({ services: [system], graceMs: 5_000, logger });
+    });
+}

@@ -1,0 +1,218 @@
+/**
+ * `tether dev`: the whole system on one machine with embedded defaults. It keeps a local CA and
+ * the dev identity issuer's keys under a state folder, and starts, in one process:
+ *
+ * - the dev OIDC issuer (stands in for the cluster's service-account issuer and for the users'
+ *   identity provider),
+ * - the identity exchange (workload token + CSR → 1 h SPIFFE certificate),
+ * - a gateway (TLS port for agents and TLS clients, a cleartext port for local clients),
+ * - an agent whose certificate comes from the exchange, with its key only in memory (I4),
+ * - a demo upstream (or `--upstream URL`) behind the agent's default route.
+ *
+ * `startDevSystem()` is the library form used by the command and by its tests.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join, resolve } from 'node:path';
+import { Agent } from '../agent/index.js';
+import {
+  CertificateAuthority,
+  CertificateSource,
+  DevOidcIssuer,
+  InMemoryClusterIdentityRegistry,
+  createIdentityExchange,
+  workloadCertificateIssuer,
+} from '../certs/index.js';
+import { TetherError } from '../common/errors.js';
+import type { Closable } from '../common/lifecycle.js';
+import { once } from '../common/lifecycle.js';
+import { createLogger, type Logger } from '../common/log.js';
+import { Gateway } from '../gateway/index.js';
+
+export const DEV_TRUST_DOMAIN = 'tether.local';
+export const DEV_CLUSTER = 'demo';
+export const DEV_AGENT = 'dev-agent';
+/** The audience agents' workload tokens are minted for (the exchange's identifier). */
+export const DEV_WORKLOAD_AUDIENCE = 'tether-identity';
+/** The audience of client tokens the gateway accepts. */
+export const DEV_CLIENT_AUDIENCE = 'tether-gateway';
+export const DEV_AGENT_SUBJECT = 'system:serviceaccount:tether-system:tether-agent';
+export const DEV_BASE_DOMAIN = 'localhost';
+
+export interface DevOptions {
+  stateDir: string;
+  /** Cleartext client listener (HTTP/1.1 and h2c); port 0 picks one. */
+  listen: { host: string; port: number };
+  /** Point the demo cluster's default route at this HTTP server instead of the built-in demo. */
+  upstream?: string;
+  logger?: Logger;
+}
+
+export interface DevSystem extends Closable {
+  /** Cleartext URL for clients. */
+  clientUrl: string;
+  /** TLS URL (agents and TLS clients); trust `caFile`. */
+  tlsUrl: string;
+  caFile: string;
+  /** File holding a bearer token for the dev user, allowed to reach the demo cluster. */
+  clientTokenFile: string;
+  clientToken: string;
+  /** Host to send for host-based routing. */
+  clusterHost: string;
+  agentAdminUrl: string;
+  gatewayAdminUrl: string;
+  agentCertificate: { spiffeId: string | undefined; notAfter: Date };
+}
+
+function listen(server: Server): Promise<AddressInfo> {
+  return new Promise((resolvePromise, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      server.off('error', reject);
+      resolvePromise(server.address() as AddressInfo);
+    });
+  });
+}
+
+/** The demo upstream: answers with what it was asked and the identity headers the agent passed on. */
+function demoUpstream(): Server {
+  return createServer((req: IncomingMessage, res: ServerResponse) => {
+    const forwarded = Object.fromEntries(Object.entries(req.headers).filter(([name]) => name.startsWith('tether-')));
+    const body = JSON.stringify({ service: 'tether demo upstream', method: req.method, path: req.url, forwarded }, null, 2);
+    res.writeHead(200, { 'content-type': 'application/json' }).end(`${body}\n`);
+  });
+}
+
+export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
+  const logger = options.logger ?? createLogger('dev');
+  const stateDir = resolve(options.stateDir);
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  const started: Closable[] = [];
+  const stopAll = async (mode: 'drain' | 'close', graceMs?: number): Promise<void> => {
+    for (const part of [...started].reverse()) {
+      await (mode === 'drain' ? part.drain(graceMs) : part.close()).catch((reason: unknown) => logger.warn({ err: reason }, 'stop failed'));
+    }
+  };
+
+  try {
+    // PKI: a root and issuing CA kept on disk (operator material); leaves are issued in memory.
+    const caDir = join(stateDir, 'ca');
+    const ca = await CertificateAuthority.load(caDir).catch(async (reason: unknown) => {
+      if (!(reason instanceof TetherError) || reason.code !== 'CA_NOT_FOUND') throw reason;
+      const created = await CertificateAuthority.create({ trustDomain: DEV_TRUST_DOMAIN });
+      await created.save(caDir);
+      return created;
+    });
+    const caFile = join(stateDir, 'trust-bundle.pem');
+    await writeFile(caFile, ca.trustBundlePem());
+
+    // The cluster's service-account issuer and the users' identity provider, in one dev stand-in.
+    const issuer = new DevOidcIssuer({ stateDir: join(stateDir, 'oidc') });
+    await issuer.listen();
+    started.push(issuer);
+
+    const exchange = createIdentityExchange({
+      ca,
+      clusters: new InMemoryClusterIdentityRegistry([
+        { clusterId: DEV_CLUSTER, issuer: issuer.issuer, audience: DEV_WORKLOAD_AUDIENCE, allowedSubjects: DEV_AGENT_SUBJECT },
+      ]),
+      logger,
+    });
+
+    // Upstream.
+    let upstreamUrl = options.upstream;
+    if (upstreamUrl === undefined) {
+      const upstream = demoUpstream();
+      const address = await listen(upstream);
+      started.push(serverClosable(upstream));
+      upstreamUrl = `http://127.0.0.1:${address.port}`;
+    }
+
+    // Gateway.
+    const gatewayCert = await ca.issueServer({ dnsNames: ['localhost', `${DEV_CLUSTER}.${DEV_BASE_DOMAIN}`, `*.${DEV_BASE_DOMAIN}`], ipAddresses: ['127.0.0.1', '::1'] });
+    if (gatewayCert.privateKeyPem === undefined) throw new TetherError('DEV_START_FAILED', 'gateway certificate came without its key');
+    const gateway = new Gateway({
+      id: 'dev-gateway',
+      tls: { key: gatewayCert.privateKeyPem, cert: gatewayCert.chainPem, ca: ca.trustBundlePem() },
+      listen: { host: '127.0.0.1', port: 0 },
+      plainListen: options.listen,
+      baseDomain: DEV_BASE_DOMAIN,
+      clusters: [DEV_CLUSTER],
+      trustDomain: DEV_TRUST_DOMAIN,
+      auth: { mode: 'jwt', issuers: [{ issuer: issuer.issuer, audiences: [DEV_CLIENT_AUDIENCE], jwksUrl: issuer.jwksUri }] },
+      admin: { host: '127.0.0.1', port: 0 },
+      drainGraceMs: 5_000,
+      logger: logger.child({ component: 'gateway' }),
+    });
+    await gateway.start();
+    started.push(gateway);
+
+    // The agent's identity: a projected-token stand-in exchanged for a 1 h certificate whose key
+    // never leaves this process's memory.
+    const source = new CertificateSource({
+      issue: workloadCertificateIssuer({
+        tokenSource: () => issuer.mint({ subject: DEV_AGENT_SUBJECT, audience: DEV_WORKLOAD_AUDIENCE, ttlSec: 600 }),
+        exchange: (request) => exchange.exchange(request),
+        clusterId: DEV_CLUSTER,
+        agentId: DEV_AGENT,
+      }),
+      logger: logger.child({ component: 'certificate-source' }),
+    });
+    await source.start();
+    started.push({ drain: () => source.close(), close: () => source.close() });
+    const material = source.current();
+    const agent = new Agent({
+      gateways: [gateway.address],
+      serverName: 'localhost',
+      routes: [{ prefix: '/', upstream: upstreamUrl }],
+      tls: { key: material.keyPem, cert: material.chainPem, ca: ca.trustBundlePem() },
+      admin: { host: '127.0.0.1', port: 0 },
+      drainGraceMs: 5_000,
+      logger: logger.child({ component: 'agent' }),
+    });
+    source.subscribe((renewed) => agent.updateTls({ key: renewed.keyPem, cert: renewed.chainPem, ca: ca.trustBundlePem() }));
+    await agent.start();
+    started.push(agent);
+    await agent.waitForConnections(1, 15_000);
+
+    const clientToken = await issuer.mint({
+      subject: 'user:dev@example.com',
+      audience: DEV_CLIENT_AUDIENCE,
+      ttlSec: 12 * 3600,
+      claims: { clusters: [DEV_CLUSTER] },
+    });
+    const clientTokenFile = join(stateDir, 'client-token');
+    await writeFile(clientTokenFile, `${clientToken}\n`, { mode: 0o600 });
+
+    const adminOf = (address: AddressInfo | null): string => (address === null ? '' : `http://127.0.0.1:${address.port}`);
+    const stop = once(() => stopAll('close'));
+    return {
+      clientUrl: gateway.plainUrl ?? gateway.url,
+      tlsUrl: gateway.url,
+      caFile,
+      clientTokenFile,
+      clientToken,
+      clusterHost: `${DEV_CLUSTER}.${DEV_BASE_DOMAIN}`,
+      agentAdminUrl: adminOf(agent.adminAddress),
+      gatewayAdminUrl: gateway.adminUrl ?? '',
+      agentCertificate: { spiffeId: material.spiffeId, notAfter: material.notAfter },
+      drain: once((graceMs?: number) => stopAll('drain', graceMs)),
+      close: stop,
+    };
+  } catch (reason) {
+    await stopAll('close');
+    throw reason;
+  }
+}
+
+function serverClosable(server: Server): Closable {
+  const stop = once(
+    () =>
+      new Promise<void>((resolvePromise) => {
+        server.close(() => resolvePromise());
+        server.closeAllConnections();
+      }),
+  );
+  return { drain: stop, close: stop };
+}
