@@ -301,6 +301,11 @@ export class CertificateAuthority {
     return added;
   }
 
+  /** Stop trusting every root but our own (end of a rotation). Returns how many were dropped. */
+  removeAllTrustedRoots(): number {
+    return this.extraRoots.splice(0).length;
+  }
+
   /** Stop trusting the root with this serial (end of a rotation). */
   removeTrustedRoot(serialNumber: string): boolean {
     const index = this.extraRoots.findIndex((c) => normalizeSerial(c.serialNumber) === normalizeSerial(serialNumber));

@@ -6,6 +6,7 @@
  *   tether certs inspect FILE
  *   tether certs verify --dir D FILE
  *   tether certs export-p12 --key K --cert C --password P --out F
+ *   tether certs rotate --dir D [--finish]
  */
 import { access, chmod, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -176,6 +177,33 @@ export function registerCertsCommand(program: Command): void {
         lines.push(`  key (0600):  ${opts.out}.key`);
       }
       print(lines.join('\n'));
+    });
+
+  certs
+    .command('rotate')
+    .description('replace the CA with a new root and intermediate, keeping the old root trusted until --finish')
+    .requiredOption('--dir <dir>', 'CA folder')
+    .addOption(algorithmOption())
+    .option('--finish', 'end a rotation: stop trusting the previous roots')
+    .action(async (opts: { dir: string; algorithm?: KeyAlgorithm; finish?: boolean }) => {
+      const current = await CertificateAuthority.load(opts.dir);
+      if (opts.finish) {
+        const dropped = current.removeAllTrustedRoots();
+        await current.save(opts.dir);
+        print(`rotation finished: dropped ${dropped} previous root(s); ${join(opts.dir, 'trust-bundle.pem')} now holds only the current root`);
+        return;
+      }
+      const next = await CertificateAuthority.create({ trustDomain: current.trustDomain, algorithm: opts.algorithm ?? current.algorithm });
+      next.addTrustedRoots(current.trustBundlePem());
+      await next.save(opts.dir);
+      const roots = (next.trustBundlePem().match(/BEGIN CERTIFICATE/g) ?? []).length;
+      print(
+        [
+          `rotated CA for ${next.trustDomain} in ${opts.dir}: new root and intermediate (${next.algorithm}); previous keys replaced`,
+          `  ${join(opts.dir, 'trust-bundle.pem')} holds ${roots} roots: distribute it to every verifier,`,
+          `  re-issue certificates, then run: tether certs rotate --dir ${opts.dir} --finish`,
+        ].join('\n'),
+      );
     });
 
   certs

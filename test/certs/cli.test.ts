@@ -122,3 +122,22 @@ test('verify refuses a chain from another CA and a revoked serial; issue --csr u
   const missing = await tether(dir, ['certs', 'verify', '--dir', 'nowhere', 'b-agent.crt']);
   t.regex(missing.stderr, /CA_NOT_FOUND/);
 });
+
+test('rotate keeps the previous root trusted until --finish', async (t) => {
+  const dir = await workDir(t);
+  t.is((await tether(dir, ['certs', 'init', '--dir', 'ca', '--trust-domain', 'rot.test'])).code, 0);
+  t.is((await tether(dir, ['certs', 'issue', '--dir', 'ca', '--workload', '--cluster', 'c', '--agent', 'old', '--out', 'old'])).code, 0);
+  const rotate = await tether(dir, ['certs', 'rotate', '--dir', 'ca']);
+  t.is(rotate.code, 0, rotate.stderr);
+  t.regex(rotate.stdout, /holds 2 roots/);
+  t.is(await mode(join(dir, 'ca', 'intermediate-ca.key')), 0o600);
+  t.is((await tether(dir, ['certs', 'issue', '--dir', 'ca', '--workload', '--cluster', 'c', '--agent', 'new', '--out', 'new'])).code, 0);
+  const [oldOk, newOk] = await Promise.all([tether(dir, ['certs', 'verify', '--dir', 'ca', 'old.crt']), tether(dir, ['certs', 'verify', '--dir', 'ca', 'new.crt'])]);
+  t.is(oldOk.code, 0, oldOk.stderr);
+  t.is(newOk.code, 0, newOk.stderr);
+  t.is((await tether(dir, ['certs', 'rotate', '--dir', 'ca', '--finish'])).code, 0);
+  const [oldGone, newStill] = await Promise.all([tether(dir, ['certs', 'verify', '--dir', 'ca', 'old.crt']), tether(dir, ['certs', 'verify', '--dir', 'ca', 'new.crt'])]);
+  t.is(oldGone.code, 1);
+  t.regex(oldGone.stderr, /CERT_UNTRUSTED/);
+  t.is(newStill.code, 0, newStill.stderr);
+});
