@@ -139,7 +139,7 @@ export interface ScheduleRecord extends Scope {
   cron: string | null;
   rateMs: number | null;
   active: boolean;
-  /** Fires are counted from here (rate schedules fire at startAt + k·rate). */
+  /** Fires come strictly after this (rate schedules fire at startAt + k·rate, k ≥ 1). */
   startAt: number;
   /** The latest fire time already launched; null = none yet. */
   lastFire: number | null;
@@ -187,8 +187,12 @@ export interface ControlRepository {
   getTask(scope: Scope, name: string, version: string): Promise<TaskRecord | undefined>;
   listTasks(scope: Scope, name: string | undefined, limit: number, pageToken: string): Promise<Page<TaskRecord>>;
 
-  /** Insert runs; a run whose id (or schedule fire) already exists is skipped. Returns the ids inserted. */
-  insertRuns(runs: RunRecord[]): Promise<string[]>;
+  /**
+   * Insert runs in one transaction. `skip-existing`: a run whose id (or schedule fire) exists is
+   * skipped; `all-or-nothing`: any such clash rolls the batch back with CONTROL_ALREADY_EXISTS.
+   * Returns the ids inserted.
+   */
+  insertRuns(runs: RunRecord[], mode: 'skip-existing' | 'all-or-nothing'): Promise<string[]>;
   getRun(id: string): Promise<RunRecord | undefined>;
   listRuns(filter: RunFilter, limit: number, pageToken: string): Promise<Page<RunRecord>>;
   /** Apply phase events in order, each checked with `rule` against the run's state at that moment. */

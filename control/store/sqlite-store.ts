@@ -197,9 +197,17 @@ export class SqliteStore implements ControlRepository {
     return result.changes === 1;
   }
 
-  async insertRuns(runs: RunRecord[]): Promise<string[]> {
+  async insertRuns(runs: RunRecord[], mode: 'skip-existing' | 'all-or-nothing'): Promise<string[]> {
     this.#beforeWrite();
-    const insert = this.db.transaction(() => runs.filter((run) => this.#insertRun(run)).map((run) => run.id));
+    const insert = this.db.transaction(() =>
+      runs
+        .filter((run) => {
+          const inserted = this.#insertRun(run);
+          if (!inserted && mode === 'all-or-nothing') throw new TetherError(ControlErrorCode.ALREADY_EXISTS, `run ${run.id} already exists`, { details: { runId: run.id } });
+          return inserted;
+        })
+        .map((run) => run.id),
+    );
     return insert.immediate();
   }
 

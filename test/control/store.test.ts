@@ -46,7 +46,7 @@ function filesContaining(dir: string, needle: string): string[] {
 
 async function populate(store: SqliteStore): Promise<void> {
   await store.putTask(task('v1', { API_HINT: SECRET_ENV }));
-  await store.insertRuns([run('r1'), run('r2')]);
+  await store.insertRuns([run('r1'), run('r2')], 'all-or-nothing');
   await store.recordEvents(
     [
       { runId: 'r1', phase: Phase.RUNNING, producerCluster: 'c1', occurredAt: Date.now(), message: SECRET_MESSAGE, error: null, outputs: {} },
@@ -87,7 +87,7 @@ test('secrets written to the store appear in no database file (db, WAL, shm), be
 test('a ciphertext moved to another row fails with STORE_DECRYPT_FAILED', async (t) => {
   const store = SqliteStore.open({ path: ':memory:', keyring: new Keyring([newKek('k1')]) });
   t.teardown(() => store.close());
-  await store.insertRuns([run('ra'), run('rb')]);
+  await store.insertRuns([run('ra'), run('rb')], 'all-or-nothing');
   t.truthy(await store.getRun('rb'));
   const sealedA = store.db.prepare('SELECT spec_sealed FROM runs WHERE id = ?').get('ra')?.spec_sealed;
   store.db.prepare('UPDATE runs SET spec_sealed = ? WHERE id = ?').run(sealedA, 'rb');
@@ -125,7 +125,7 @@ test('rotation re-wraps data keys while another process keeps serving; every rec
   // Data was not re-encrypted, only the keys re-wrapped.
   t.deepEqual(serving.db.prepare('SELECT spec_sealed FROM runs WHERE id = ?').get('r2')?.spec_sealed, sealedBefore);
   // The serving process keeps working (its keys are cached) and writes new records.
-  await serving.insertRuns([run('r3')]);
+  await serving.insertRuns([run('r3')], 'all-or-nothing');
   t.is((await serving.getRun('r1'))?.result.error?.message, SECRET_ERROR);
 
   // A fresh process with only k2 reads everything written before the rotation...
