@@ -61,7 +61,7 @@ test('task versions are immutable: identical re-registration is idempotent, anot
   for (const [label, spec, version, want] of cases) {
     try {
       const { created } = await service.registerTask(admin, { ...SCOPE, name: 'train', version, spec });
-      t.is<boolean | string>(created, want, label);
+      t.is(created as boolean | string, want, label);
     } catch (reason) {
       t.true(isTetherError(reason, String(want)), `${label}: ${String(reason)}`);
     }
