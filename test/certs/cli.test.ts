@@ -10,6 +10,9 @@ import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { generateCsr, parseCertificates, parseOneCertificate, subjectAltNames } from '../../certs/index.js';
+import { failOnLeaks } from '../helpers/leaks.js';
+
+failOnLeaks(test);
 
 const BIN = resolve(fileURLToPath(new URL('../../bin/tether.js', import.meta.url)));
 

@@ -3,7 +3,7 @@
  * chains we issue (ECDSA and RSA, strict mode, client and server purposes), refuses expired and
  * foreign ones, and reads the PKCS#12 bundles we export.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { createPrivateKey, createPublicKey } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -12,20 +12,15 @@ import tls from 'node:tls';
 import { promisify } from 'node:util';
 import test from 'ava';
 import { exportPkcs12, parseCertificates, parseOneCertificate } from '../../certs/index.js';
+import { failOnLeaks } from '../helpers/leaks.js';
 import { createTestPki } from '../helpers/pki.js';
+
+failOnLeaks(test);
 
 const run = promisify(execFile);
 
-async function opensslAvailable(): Promise<boolean> {
-  try {
-    await run('openssl', ['version']);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const haveOpenssl = await opensslAvailable();
+/** Tests must be declared synchronously, so probe for the binary synchronously. */
+const haveOpenssl = spawnSync('openssl', ['version']).status === 0;
 if (!haveOpenssl && process.env.CI !== undefined && process.env.CI !== '') {
   throw new Error('openssl is required in CI (Debian package "openssl")');
 }
