@@ -1,0 +1,274 @@
+/**
+ * The agent's tunnel side: keeps `connectionsPerGateway` connections to every gateway replica it
+ * knows (seeds from its config, the rest learned from control streams), reconnects each with
+ * jittered backoff honouring server retry delays, and forwards the gateway's streams upstream.
+ * It opens no listening socket except the optional admin server (metrics, health) on a local address.
+ */
+import type { AddressInfo } from 'node:net';
+import type { Registry } from 'prom-client';
+import { AdminServer, type Readiness } from '../common/admin-server.js';
+import { Backoff } from '../common/backoff.js';
+import { TetherError } from '../common/errors.js';
+import type { Closable } from '../common/lifecycle.js';
+import { once } from '../common/lifecycle.js';
+import { createLogger, type Logger } from '../common/log.js';
+import { createRegistry } from '../common/metrics.js';
+import { parseOptions } from '../common/options.js';
+import type { ReplicaInfo } from '../gateway/tunnel/index.js';
+import { AgentMetrics } from './metrics.js';
+import { agentOptionsSchema, type AgentConfig, type AgentConfigInput } from './options.js';
+import { RouteTable } from './routes.js';
+import type { StreamContext } from './stream-handler.js';
+import { TunnelConnection, type TlsMaterial } from './tunnel-connection.js';
+import { UpstreamPools } from './upstreams.js';
+
+export interface AgentOptions extends AgentConfigInput {
+  tls: TlsMaterial;
+  logger?: Logger;
+  registry?: Registry;
+}
+
+export class Agent implements Closable {
+  readonly config: AgentConfig;
+  readonly metrics: AgentMetrics;
+  private tls: TlsMaterial;
+  private readonly logger: Logger;
+  private readonly streams: StreamContext;
+  private readonly pools: UpstreamPools;
+  private readonly targets = new Map<string, Slot[]>();
+  private readonly seeds: Set<string>;
+  private admin: AdminServer | null = null;
+  private readyWaiters: Array<() => void> = [];
+  private stopped = false;
+
+  constructor(options: AgentOptions) {
+    const { tls, logger, registry, ...rest } = options;
+    this.config = parseOptions(agentOptionsSchema, rest, 'agent');
+    this.tls = tls;
+    this.logger = logger ?? createLogger('agent');
+    this.metrics = new AgentMetrics(registry ?? createRegistry({ defaultLabels: { component: 'agent' } }));
+    this.pools = new UpstreamPools(this.config.limits.streamWindowBytes);
+    this.streams = {
+      routes: new RouteTable(this.config.routes, this.config.tcpTargets),
+      pools: this.pools,
+      upstreamTimeoutMs: this.config.upstreamTimeoutMs,
+      metrics: this.metrics,
+      logger: this.logger,
+    };
+    this.seeds = new Set(this.config.gateways);
+  }
+
+  get registry(): Registry {
+    return this.metrics.registry;
+  }
+
+  /** Start dialing; resolves once the admin server (if any) listens, not when tunnels are up. */
+  async start(): Promise<void> {
+    if (this.config.admin !== undefined) {
+      this.admin = new AdminServer({ registry: this.registry, readiness: () => this.readiness(), ...this.config.admin });
+      await this.admin.listen();
+    }
+    for (const address of this.seeds) this.addTarget(address);
+  }
+
+  get adminAddress(): AddressInfo | null {
+    return this.admin?.address() ?? null;
+  }
+
+  /** New certificates (renewal): used by every later dial. */
+  updateTls(material: TlsMaterial): void {
+    this.tls = material;
+  }
+
+  get tlsMaterial(): TlsMaterial {
+    return this.tls;
+  }
+
+  /** Live connections (welcomed, not draining). */
+  liveConnections(): TunnelConnection[] {
+    const live: TunnelConnection[] = [];
+    for (const slots of this.targets.values()) for (const slot of slots) if (slot.connection?.state === 'live') live.push(slot.connection);
+    return live;
+  }
+
+  readiness(): Readiness {
+    const live = this.liveConnections();
+    const byGateway: Record<string, number> = {};
+    for (const c of live) byGateway[c.gatewayId ?? 'unknown'] = (byGateway[c.gatewayId ?? 'unknown'] ?? 0) + 1;
+    return {
+      ready: live.length > 0 && !this.stopped,
+      details: { readyConnections: live.length, gateways: byGateway, knownGateways: [...this.targets.keys()] },
+    };
+  }
+
+  /** Resolves when at least `count` connections are live. */
+  async waitForConnections(count = 1, timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.liveConnections().length < count) {
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) throw new TetherError('TUNNEL_NOT_READY', `fewer than ${count} live tunnel connections after ${timeoutMs} ms`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, remaining);
+        function done(): void {
+          clearTimeout(timer);
+          resolve();
+        }
+        this.readyWaiters.push(done);
+      });
+    }
+  }
+
+  /** Called by slots when a connection's state changed. */
+  private changed(): void {
+    this.metrics.tunnelConnections.reset();
+    for (const c of this.liveConnections()) this.metrics.tunnelConnections.inc({ gateway: c.gatewayId ?? 'unknown' });
+    const waiters = this.readyWaiters;
+    this.readyWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  private addTarget(address: string): void {
+    if (this.targets.has(address) || this.stopped) return;
+    const slots: Slot[] = [];
+    for (let i = 0; i < this.config.connectionsPerGateway; i++) slots.push(new Slot(address, this));
+    this.targets.set(address, slots);
+    for (const slot of slots) slot.run();
+  }
+
+  /** A control stream told us the replica list: dial new ones, let vanished learned ones go. */
+  private learnReplicas(replicas: ReplicaInfo[]): void {
+    const addresses = new Set(replicas.map((r) => r.address).filter((a) => typeof a === 'string' && a !== ''));
+    for (const address of addresses) this.addTarget(address);
+    for (const [address, slots] of this.targets) {
+      if (addresses.has(address) || this.seeds.has(address)) continue;
+      this.targets.delete(address);
+      for (const slot of slots) void slot.stop(this.config.drainGraceMs);
+    }
+  }
+
+  /** @internal for Slot */
+  connectionOptions(slot: Slot): ConstructorParameters<typeof TunnelConnection>[0] {
+    return {
+      address: slot.address,
+      ...(this.config.serverName === undefined ? {} : { serverName: this.config.serverName }),
+      tls: this.tls,
+      limits: this.config.limits,
+      pingIntervalMs: this.config.pingIntervalMs,
+      pingTimeoutMs: this.config.pingTimeoutMs,
+      handshakeTimeoutMs: this.config.handshakeTimeoutMs,
+      streams: this.streams,
+      logger: this.logger,
+      onReplicas: (replicas) => this.learnReplicas(replicas),
+      onRetryAfter: (ms) => slot.backoff.setRetryAfter(ms),
+      onPingRtt: (ms) => this.metrics.pingRtt.observe(ms / 1000),
+    };
+  }
+
+  /** @internal for Slot */
+  slotEvent(kind: 'live' | 'closed' | 'refused' | 'failed', slot: Slot, error?: TetherError): void {
+    if (kind === 'live') this.metrics.handshakes.inc({ result: 'ok', reason: '' });
+    if (kind === 'refused' || kind === 'failed') {
+      this.metrics.handshakes.inc({ result: kind, reason: error?.code ?? 'UNKNOWN' });
+      this.logger.warn({ address: slot.address, code: error?.code, err: error?.rawMessage }, kind === 'refused' ? 'gateway refused the tunnel' : 'tunnel connection failed');
+    }
+    this.changed();
+  }
+
+  /** @internal for Slot */
+  newBackoff(): Backoff {
+    return new Backoff(this.config.backoff);
+  }
+
+  /** @internal for Slot */
+  countReconnect(): void {
+    this.metrics.reconnects.inc();
+  }
+
+  /** Tell gateways to stop sending new streams, finish in-flight ones within `graceMs`, then stop. */
+  readonly drain = once(async (graceMs: number = this.config.drainGraceMs): Promise<void> => {
+    this.stopped = true;
+    this.changed();
+    const all = [...this.targets.values()].flat();
+    await Promise.all(all.map((slot) => slot.stop(graceMs)));
+    await this.pools.drain();
+    await this.admin?.drain();
+  });
+
+  readonly close = once(async (): Promise<void> => {
+    this.stopped = true;
+    const all = [...this.targets.values()].flat();
+    await Promise.all(all.map((slot) => slot.stop(0)));
+    await this.pools.close();
+    await this.admin?.close();
+    this.changed();
+  });
+}
+
+/** One connection slot to one gateway address: connect, serve, reconnect with backoff. */
+class Slot {
+  connection: TunnelConnection | null = null;
+  readonly backoff: Backoff;
+  private stopped = false;
+  private sleepTimer: NodeJS.Timeout | null = null;
+  private wake: (() => void) | null = null;
+  private loop: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly address: string,
+    private readonly agent: Agent,
+  ) {
+    this.backoff = agent.newBackoff();
+  }
+
+  run(): void {
+    this.loop = this.runLoop();
+  }
+
+  private async runLoop(): Promise<void> {
+    let first = true;
+    while (!this.stopped) {
+      if (!first) this.agent.countReconnect();
+      first = false;
+      const connection = new TunnelConnection(this.agent.connectionOptions(this));
+      this.connection = connection;
+      try {
+        await connection.start();
+        this.backoff.reset();
+        this.agent.slotEvent('live', this);
+        await connection.closed;
+        this.agent.slotEvent('closed', this);
+      } catch (reason) {
+        const error = TetherError.from(reason);
+        const refused = !error.code.startsWith('TUNNEL_');
+        this.agent.slotEvent(refused ? 'refused' : 'failed', this, error);
+        await connection.closed;
+      }
+      if (this.stopped) break;
+      await this.sleep(this.backoff.next());
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      this.wake = () => {
+        if (this.sleepTimer !== null) clearTimeout(this.sleepTimer);
+        this.sleepTimer = null;
+        this.wake = null;
+        resolve();
+      };
+      this.sleepTimer = setTimeout(() => this.wake?.(), ms);
+    });
+  }
+
+  async stop(graceMs: number): Promise<void> {
+    this.stopped = true;
+    this.wake?.();
+    const connection = this.connection;
+    if (connection !== null) {
+      if (graceMs > 0 && connection.state === 'live') await connection.drain(graceMs);
+      else connection.destroy();
+      await connection.closed;
+    }
+    await this.loop;
+  }
+}

@@ -1,0 +1,45 @@
+/** The agent's options, validated once at start (`parseOptions`). */
+import { z } from 'zod';
+import { DEFAULT_TUNNEL_LIMITS } from '../gateway/tunnel/index.js';
+
+const limits = z
+  .object({
+    streamWindowBytes: z.number().int().min(65_535).max(2 ** 31 - 1).default(DEFAULT_TUNNEL_LIMITS.streamWindowBytes),
+    connectionWindowBytes: z.number().int().min(65_535).max(2 ** 31 - 1).default(DEFAULT_TUNNEL_LIMITS.connectionWindowBytes),
+    maxConcurrentStreams: z.number().int().min(1).default(DEFAULT_TUNNEL_LIMITS.maxConcurrentStreams),
+    maxHeaderListBytes: z.number().int().min(1024).default(DEFAULT_TUNNEL_LIMITS.maxHeaderListBytes),
+    maxSessionMemoryMiB: z.number().int().min(1).default(DEFAULT_TUNNEL_LIMITS.maxSessionMemoryMiB),
+  })
+  .refine((l) => l.connectionWindowBytes > l.streamWindowBytes, { message: 'connectionWindowBytes must exceed streamWindowBytes' })
+  .prefault({});
+
+export const agentOptionsSchema = z.object({
+  /** Seed gateway addresses (`host:port`); more replicas are learned from the control stream. */
+  gateways: z.array(z.string().regex(/^(\[[^\]]+\]|[^:\s]+):\d{1,5}$/, 'expected host:port')).min(1),
+  /** TLS server name to verify on the gateways' certificates (default: the host of each address). */
+  serverName: z.string().optional(),
+  connectionsPerGateway: z.number().int().min(1).max(16).default(2),
+  routes: z.array(z.object({ prefix: z.string().startsWith('/'), upstream: z.string() })).default([]),
+  /** `host:port` targets a CONNECT stream may reach. */
+  tcpTargets: z.array(z.string()).default([]),
+  upstreamTimeoutMs: z.number().int().min(1).default(30_000),
+  pingIntervalMs: z.number().int().min(10).default(5_000),
+  pingTimeoutMs: z.number().int().min(10).default(5_000),
+  handshakeTimeoutMs: z.number().int().min(10).default(10_000),
+  backoff: z
+    .object({
+      initialDelayMs: z.number().min(0).default(500),
+      multiplier: z.number().min(1).default(1.6),
+      maxDelayMs: z.number().min(0).default(30_000),
+      jitter: z.number().min(0).max(1).default(0.3),
+    })
+    .prefault({}),
+  limits,
+  /** Metrics and health listener; loopback or an in-cluster address only (I1). Omit to disable. */
+  admin: z.object({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(0) }).optional(),
+  /** Drain grace on shutdown. */
+  drainGraceMs: z.number().int().min(0).default(30_000),
+});
+
+export type AgentConfig = z.output<typeof agentOptionsSchema>;
+export type AgentConfigInput = z.input<typeof agentOptionsSchema>;

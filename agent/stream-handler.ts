@@ -1,0 +1,336 @@
+/**
+ * What the agent does with one tunnel stream: pick the route, forward to the upstream in the
+ * stream's protocol (HTTP/1.1, h2c/ALPN, gRPC with trailers, WebSocket via HTTP/1.1 Upgrade, raw
+ * TCP via CONNECT), and map failures to a `tether-error` code. Backpressure is per stream: every
+ * byte moves through `pipe`, which honours `write()`'s return value.
+ */
+import { randomBytes } from 'node:crypto';
+import * as http from 'node:http';
+import { type IncomingMessage } from 'node:http';
+import * as https from 'node:https';
+import * as http2 from 'node:http2';
+import { type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import * as net from 'node:net';
+import type { Duplex } from 'node:stream';
+import http2wrapper from 'http2-wrapper';
+import { TetherError, getErrorCode } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import { H_ERROR, filterHeaders, filterResponseHeaders, statusOf } from '../gateway/tunnel/index.js';
+import type { AgentMetrics, StreamProtocol } from './metrics.js';
+import type { Route, RouteTable } from './routes.js';
+import type { UpstreamPools } from './upstreams.js';
+
+const { NGHTTP2_INTERNAL_ERROR, NGHTTP2_FLAG_END_STREAM } = http2.constants;
+
+export interface StreamContext {
+  routes: RouteTable;
+  pools: UpstreamPools;
+  upstreamTimeoutMs: number;
+  metrics: AgentMetrics;
+  logger: Logger;
+}
+
+export function handleTunnelStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ctx: StreamContext): void {
+  const method = headers[':method'];
+  const protocol = headers[':protocol'];
+  const kind: StreamProtocol =
+    method === 'CONNECT' ? (protocol === 'websocket' ? 'websocket' : 'tcp') : isGrpc(headers) ? 'grpc' : 'http';
+  ctx.metrics.streamsTotal.inc({ protocol: kind });
+  ctx.metrics.streamsActive.inc({ protocol: kind });
+  stream.once('close', () => ctx.metrics.streamsActive.dec({ protocol: kind }));
+  stream.on('error', () => {
+    // Reset by the gateway (client went away) or a protocol error on this stream only.
+  });
+  stream.on('data', (chunk: Buffer) => ctx.metrics.bytes.inc({ direction: 'to_upstream' }, chunk.length));
+  const started = process.hrtime.bigint();
+  const setupDone = (): void => {
+    ctx.metrics.upstreamSetup.observe({ protocol: kind }, Number(process.hrtime.bigint() - started) / 1e9);
+  };
+
+  if (kind === 'tcp') return forwardTcp(stream, headers, ctx, setupDone);
+  if (method === 'CONNECT' && protocol !== 'websocket') return fail(stream, ctx, 'BAD_REQUEST', 'unsupported :protocol');
+  const path = headers[':path'] ?? '/';
+  const route = ctx.routes.match(path);
+  if (route === null) return fail(stream, ctx, 'NO_ROUTE', `no route for ${path}`);
+  if (kind === 'websocket') return forwardWebSocket(stream, headers, route, ctx, setupDone);
+  if (route.kind === 'h2c') return forwardH2c(stream, headers, route, ctx, setupDone);
+  return forwardHttp1(stream, headers, route, ctx, setupDone);
+}
+
+function isGrpc(headers: IncomingHttpHeaders): boolean {
+  const type = headers['content-type'];
+  return typeof type === 'string' && type.startsWith('application/grpc');
+}
+
+function wantsTrailers(headers: IncomingHttpHeaders): boolean {
+  return isGrpc(headers) || (typeof headers.te === 'string' && /trailers/i.test(headers.te));
+}
+
+/** Answer the stream with an error status and code, or reset it when a response already started. */
+export function fail(stream: ServerHttp2Stream, ctx: StreamContext, code: string, message: string): void {
+  ctx.metrics.upstreamErrors.inc({ code });
+  if (stream.destroyed || stream.closed) return;
+  if (stream.headersSent) {
+    stream.close(NGHTTP2_INTERNAL_ERROR);
+    return;
+  }
+  stream.respond({ ':status': statusOf(code), [H_ERROR]: code, 'content-type': 'text/plain; charset=utf-8' });
+  stream.end(`${code}: ${message}\n`);
+}
+
+function upstreamCode(reason: unknown): string {
+  if (reason instanceof TetherError) return reason.code;
+  const errno = getErrorCode(reason);
+  if (errno === 'ECONNREFUSED' || errno === 'EHOSTUNREACH' || errno === 'ENETUNREACH' || errno === 'ENOTFOUND' || errno === 'EAI_AGAIN') return 'UPSTREAM_REFUSED';
+  if (errno !== null && errno.startsWith('ERR_TLS')) return 'UPSTREAM_REFUSED';
+  if (errno === 'ETIMEDOUT') return 'UPSTREAM_TIMEOUT';
+  return 'UPSTREAM_ERROR';
+}
+
+function upstreamPath(route: Route, path: string): string {
+  const base = route.upstream.pathname.replace(/\/$/, '');
+  return `${base}${path}`;
+}
+
+function countToGateway(source: NodeJS.ReadableStream, ctx: StreamContext): void {
+  source.on('data', (chunk: Buffer) => ctx.metrics.bytes.inc({ direction: 'to_gateway' }, chunk.length));
+}
+
+function forwardHttp1(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: Route, ctx: StreamContext, setupDone: () => void): void {
+  const outHeaders = filterHeaders(headers);
+  delete outHeaders.te;
+  outHeaders.host = headers[':authority'] ?? route.upstream.host;
+  const options = {
+    method: headers[':method'] ?? 'GET',
+    path: upstreamPath(route, headers[':path'] ?? '/'),
+    headers: outHeaders,
+  };
+  const request =
+    route.kind === 'https'
+      ? (http2wrapper.auto(new URL(options.path, route.upstream), { ...options, rejectUnauthorized: true }) as unknown as Promise<http.ClientRequest>)
+      : Promise.resolve(http.request({ ...options, host: route.upstream.hostname, port: route.upstream.port === '' ? 80 : Number(route.upstream.port), agent: ctx.pools.http1 }));
+  const trailers = wantsTrailers(headers);
+  request.then(
+    (req) => relayHttp1(stream, req, trailers, ctx, setupDone),
+    (reason: unknown) => fail(stream, ctx, upstreamCode(reason), 'upstream connect failed'),
+  );
+}
+
+function relayHttp1(stream: ServerHttp2Stream, req: http.ClientRequest, trailers: boolean, ctx: StreamContext, setupDone: () => void): void {
+  let response: IncomingMessage | null = null;
+  const timer = setTimeout(() => req.destroy(new TetherError('UPSTREAM_TIMEOUT', 'upstream did not answer in time')), ctx.upstreamTimeoutMs);
+  req.on('error', (reason: unknown) => {
+    clearTimeout(timer);
+    if (response === null) fail(stream, ctx, upstreamCode(reason), 'upstream request failed');
+    else if (!stream.closed) stream.close(NGHTTP2_INTERNAL_ERROR);
+  });
+  req.on('response', (res: IncomingMessage) => {
+    clearTimeout(timer);
+    setupDone();
+    response = res;
+    if (stream.destroyed) {
+      res.destroy();
+      return;
+    }
+    const withTrailers = trailers && res.headers.trailer !== undefined;
+    stream.respond({ ':status': res.statusCode ?? 502, ...filterResponseHeaders(res.headers) }, { waitForTrailers: withTrailers });
+    if (withTrailers) stream.once('wantTrailers', () => stream.sendTrailers(filterResponseHeaders(res.trailers)));
+    countToGateway(res, ctx);
+    res.pipe(stream);
+    res.on('error', () => {
+      if (!stream.closed) stream.close(NGHTTP2_INTERNAL_ERROR);
+    });
+    res.on('aborted', () => {
+      if (!stream.closed) stream.close(NGHTTP2_INTERNAL_ERROR);
+    });
+  });
+  stream.once('close', () => {
+    clearTimeout(timer);
+    if (response === null || !response.complete) req.destroy();
+  });
+  stream.pipe(req);
+}
+
+function forwardH2c(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: Route, ctx: StreamContext, setupDone: () => void): void {
+  let session: http2.ClientHttp2Session;
+  try {
+    session = ctx.pools.h2cSession(`http://${route.upstream.host}`);
+  } catch (reason) {
+    fail(stream, ctx, upstreamCode(reason), 'upstream session failed');
+    return;
+  }
+  const outHeaders: OutgoingHttpHeaders = {
+    ...filterHeaders(headers),
+    ':method': headers[':method'] ?? 'GET',
+    ':path': upstreamPath(route, headers[':path'] ?? '/'),
+    ':authority': headers[':authority'] ?? route.upstream.host,
+    ':scheme': 'http',
+  };
+  let upstream: http2.ClientHttp2Stream;
+  try {
+    upstream = session.request(outHeaders, { endStream: false });
+  } catch (reason) {
+    fail(stream, ctx, upstreamCode(reason), 'upstream request failed');
+    return;
+  }
+  session.ref();
+  let responded = false;
+  let upstreamTrailers: IncomingHttpHeaders | null = null;
+  const timer = setTimeout(() => upstream.destroy(new TetherError('UPSTREAM_TIMEOUT', 'upstream did not answer in time')), ctx.upstreamTimeoutMs);
+  upstream.on('response', (responseHeaders: IncomingHttpHeaders, flags: number) => {
+    clearTimeout(timer);
+    setupDone();
+    responded = true;
+    if (stream.destroyed) {
+      upstream.close(http2.constants.NGHTTP2_CANCEL);
+      return;
+    }
+    const status = Number(responseHeaders[':status'] ?? 502);
+    const endStream = (flags & NGHTTP2_FLAG_END_STREAM) !== 0;
+    const trailers = !endStream && wantsTrailers(headers);
+    stream.respond({ ':status': status, ...filterResponseHeaders(responseHeaders) }, { endStream, waitForTrailers: trailers });
+    if (trailers) {
+      stream.once('wantTrailers', () => {
+        if (upstreamTrailers !== null) stream.sendTrailers(filterResponseHeaders(upstreamTrailers));
+        else stream.close();
+      });
+    }
+    if (!endStream) {
+      countToGateway(upstream, ctx);
+      upstream.pipe(stream);
+    }
+  });
+  upstream.on('trailers', (trailers: IncomingHttpHeaders) => {
+    upstreamTrailers = trailers;
+  });
+  const onUpstreamGone = (reason?: unknown): void => {
+    clearTimeout(timer);
+    if (!responded) fail(stream, ctx, reason === undefined ? 'UPSTREAM_ERROR' : upstreamCode(reason), 'upstream stream failed');
+    else if (!stream.closed && upstream.rstCode !== undefined && upstream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) stream.close(upstream.rstCode);
+  };
+  upstream.on('error', onUpstreamGone);
+  upstream.on('close', () => {
+    if (upstream.rstCode !== undefined && upstream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) onUpstreamGone();
+    else if (!responded) onUpstreamGone();
+    maybeUnref(session);
+  });
+  stream.once('close', () => {
+    clearTimeout(timer);
+    if (!upstream.closed) upstream.close(http2.constants.NGHTTP2_CANCEL);
+  });
+  stream.pipe(upstream);
+}
+
+/** Let an idle h2c session stop holding the process open. */
+function maybeUnref(session: http2.ClientHttp2Session): void {
+  const state = session.state as { streamsOpen?: number } | undefined;
+  if (state?.streamsOpen === undefined || state.streamsOpen <= 1) session.unref();
+}
+
+function forwardWebSocket(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: Route, ctx: StreamContext, setupDone: () => void): void {
+  if (route.kind === 'h2c') return fail(stream, ctx, 'BAD_REQUEST', 'WebSocket needs an http:// upstream');
+  const outHeaders = filterHeaders(headers);
+  outHeaders.host = headers[':authority'] ?? route.upstream.host;
+  outHeaders.connection = 'Upgrade';
+  outHeaders.upgrade = 'websocket';
+  outHeaders['sec-websocket-version'] = headers['sec-websocket-version'] ?? '13';
+  outHeaders['sec-websocket-key'] = randomBytes(16).toString('base64');
+  const secure = route.kind === 'https';
+  const req = (secure ? https.request : http.request)({
+    host: route.upstream.hostname,
+    port: route.upstream.port === '' ? (secure ? 443 : 80) : Number(route.upstream.port),
+    method: 'GET',
+    path: upstreamPath(route, headers[':path'] ?? '/'),
+    headers: outHeaders,
+  });
+  let settled = false;
+  const timer = setTimeout(() => req.destroy(new TetherError('UPSTREAM_TIMEOUT', 'upstream did not answer in time')), ctx.upstreamTimeoutMs);
+  req.on('upgrade', (res: IncomingMessage, socket: Duplex, head: Buffer) => {
+    clearTimeout(timer);
+    setupDone();
+    settled = true;
+    if (stream.destroyed) {
+      socket.destroy();
+      return;
+    }
+    const answer: OutgoingHttpHeaders = { ':status': 200 };
+    for (const name of ['sec-websocket-protocol', 'sec-websocket-extensions']) {
+      const value = res.headers[name];
+      if (value !== undefined) answer[name] = value;
+    }
+    stream.respond(answer);
+    if (head.length > 0) stream.write(head);
+    countToGateway(socket, ctx);
+    splice(stream, socket);
+  });
+  req.on('response', (res: IncomingMessage) => {
+    clearTimeout(timer);
+    settled = true;
+    if (stream.destroyed) return void res.destroy();
+    stream.respond({ ':status': res.statusCode ?? 502, ...filterResponseHeaders(res.headers) });
+    res.pipe(stream);
+  });
+  req.on('error', (reason: unknown) => {
+    clearTimeout(timer);
+    if (!settled) fail(stream, ctx, upstreamCode(reason), 'upstream WebSocket failed');
+  });
+  stream.once('close', () => {
+    clearTimeout(timer);
+    if (!settled) req.destroy();
+  });
+  req.end();
+}
+
+
+function parseAuthority(authority: string): { host: string; port: number } | null {
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(authority);
+  if (match === null) return null;
+  const port = Number(match[3]);
+  if (port < 1 || port > 65535) return null;
+  return { host: match[1] ?? match[2] ?? '', port };
+}
+
+function forwardTcp(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ctx: StreamContext, setupDone: () => void): void {
+  const authority = headers[':authority'] ?? '';
+  const target = parseAuthority(authority);
+  if (target === null) return fail(stream, ctx, 'BAD_REQUEST', 'CONNECT needs host:port');
+  if (!ctx.routes.allowsTcp(authority)) return fail(stream, ctx, 'TCP_TARGET_FORBIDDEN', `CONNECT to ${authority} is not allowed`);
+  const socket = net.connect({ host: target.host, port: target.port });
+  socket.setNoDelay(true);
+  let connected = false;
+  const timer = setTimeout(() => socket.destroy(new TetherError('UPSTREAM_TIMEOUT', 'connect timed out')), ctx.upstreamTimeoutMs);
+  socket.once('connect', () => {
+    clearTimeout(timer);
+    setupDone();
+    connected = true;
+    if (stream.destroyed) return void socket.destroy();
+    stream.respond({ ':status': 200 });
+    countToGateway(socket, ctx);
+    splice(stream, socket);
+  });
+  socket.once('error', (reason: unknown) => {
+    clearTimeout(timer);
+    if (!connected) fail(stream, ctx, upstreamCode(reason), `connect to ${authority} failed`);
+  });
+  stream.once('close', () => {
+    clearTimeout(timer);
+    if (!connected) socket.destroy();
+  });
+}
+
+/** Pipe two duplexes into each other; either one's error or close tears down both. */
+export function splice(a: Duplex, b: Duplex): void {
+  let done = false;
+  const teardown = (): void => {
+    if (done) return;
+    done = true;
+    a.destroy();
+    b.destroy();
+  };
+  a.on('error', teardown);
+  b.on('error', teardown);
+  a.once('close', teardown);
+  b.once('close', teardown);
+  a.pipe(b);
+  b.pipe(a);
+}

@@ -1,0 +1,205 @@
+/**
+ * The gateway's one client port: TLS with ALPN choosing `h2`, `http/1.1` or `tether-tunnel/1`
+ * (agents), and optionally a cleartext port for local use where the connection preface decides
+ * between h2c (prior knowledge) and HTTP/1.1. The HTTP servers below never listen themselves; this
+ * class hands them the sockets.
+ */
+import * as http from 'node:http';
+import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+import { Duplex } from 'node:stream';
+import * as tls from 'node:tls';
+import type { TLSSocket } from 'node:tls';
+import type { Logger } from '../common/log.js';
+import type { GatewayMetrics } from './metrics.js';
+import type { GatewayConfig } from './options.js';
+import { httpReason, type ClientProxy } from './proxy.js';
+import { H_ERROR, TUNNEL_ALPN, statusOf } from './tunnel/index.js';
+
+export interface ServerTls {
+  key: string;
+  cert: string;
+  /** Trust bundle for agents' client certificates. */
+  ca: string;
+}
+
+export class FrontDoor {
+  private readonly h1: http.Server;
+  private readonly h2: http2.Http2Server;
+  private readonly tlsServer: tls.Server;
+  private plainServer: net.Server | null = null;
+  private readonly sockets = new Set<Socket>();
+  private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private readonly listening = new Set<net.Server>();
+
+  constructor(
+    private readonly config: GatewayConfig,
+    serverTls: ServerTls,
+    proxy: ClientProxy,
+    private readonly metrics: GatewayMetrics,
+    private readonly logger: Logger,
+    onTunnel: (socket: TLSSocket) => void,
+  ) {
+    const limits = config.limits;
+    this.h1 = http.createServer({ maxHeaderSize: limits.maxClientHeaderBytes, requestTimeout: 0, headersTimeout: 30_000, keepAliveTimeout: 5_000 });
+    this.h1.on('request', (req, res) => proxy.handleHttp1(req, res));
+    this.h1.on('upgrade', (req, socket: Socket, head: Buffer) => proxy.handleHttp1Upgrade(req, socket, head));
+    this.h1.on('connect', (req, socket: Socket, head: Buffer) => proxy.handleHttp1Connect(req, socket, head));
+    this.h1.on('clientError', (error: Error & { code?: string }, socket: Socket) => this.clientError(error, socket));
+
+    this.h2 = http2.createServer({
+      settings: {
+        enableConnectProtocol: true,
+        maxConcurrentStreams: limits.maxClientStreams,
+        initialWindowSize: limits.streamWindowBytes,
+        maxHeaderListSize: limits.maxClientHeaderBytes * 2,
+      },
+      maxSessionMemory: limits.maxSessionMemoryMiB,
+      maxHeaderListPairs: 256,
+    });
+    this.h2.on('session', (session: http2.ServerHttp2Session) => {
+      this.sessions.add(session);
+      session.once('close', () => this.sessions.delete(session));
+      session.on('error', (reason: unknown) => logger.debug({ err: reason }, 'client HTTP/2 session error'));
+      session.once('connect', () => session.setLocalWindowSize(limits.connectionWindowBytes));
+    });
+    this.h2.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, flags: number) => proxy.handleHttp2(stream, headers, flags));
+
+    this.tlsServer = tls.createServer({
+      key: serverTls.key,
+      cert: serverTls.cert,
+      ca: serverTls.ca,
+      requestCert: true,
+      rejectUnauthorized: false,
+      ALPNProtocols: ['h2', 'http/1.1', TUNNEL_ALPN],
+      handshakeTimeout: 10_000,
+    });
+    this.tlsServer.on('secureConnection', (socket: TLSSocket) => {
+      this.track(socket);
+      socket.on('error', () => undefined);
+      if (socket.alpnProtocol === TUNNEL_ALPN) {
+        if (socket.getProtocol() !== 'TLSv1.3') {
+          socket.destroy();
+          return;
+        }
+        onTunnel(socket);
+      } else if (socket.alpnProtocol === 'h2') this.h2.emit('connection', socket);
+      else this.h1.emit('connection', socket);
+    });
+    this.tlsServer.on('tlsClientError', (reason: unknown) => logger.debug({ err: reason }, 'TLS handshake failed'));
+  }
+
+  private track(socket: Socket): void {
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
+  }
+
+  private clientError(error: Error & { code?: string }, socket: Socket): void {
+    const code = error.code === 'HPE_HEADER_OVERFLOW' ? 'HEADERS_TOO_LARGE' : 'BAD_REQUEST';
+    if (error.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    this.metrics.errors.inc({ code });
+    const body = `${code}: ${error.message}\n`;
+    socket.end(
+      `HTTP/1.1 ${statusOf(code)} ${httpReason(statusOf(code))}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${H_ERROR}: ${code}\r\nconnection: close\r\n\r\n${body}`,
+    );
+  }
+
+  /** Renewed server certificate or trust bundle: applies to new connections. */
+  updateTls(serverTls: ServerTls): void {
+    this.tlsServer.setSecureContext({ key: serverTls.key, cert: serverTls.cert, ca: serverTls.ca });
+  }
+
+  async listen(): Promise<{ tls: AddressInfo; plain: AddressInfo | null }> {
+    const tlsAddress = await listenOn(this.tlsServer, this.config.listen.host, this.config.listen.port);
+    this.listening.add(this.tlsServer);
+    let plain: AddressInfo | null = null;
+    if (this.config.plainListen !== undefined) {
+      const server = net.createServer((socket) => {
+        this.track(socket);
+        socket.on('error', () => undefined);
+        socket.once('data', (chunk: Buffer) => {
+          if (chunk.subarray(0, 4).toString('latin1') === 'PRI ') {
+            // Node's HTTP/2 session reads the socket's handle directly and would miss bytes already
+            // read; hand it a stream that replays them first.
+            this.h2.emit('connection', replaying(socket, chunk));
+            return;
+          }
+          socket.pause();
+          socket.unshift(chunk);
+          this.h1.emit('connection', socket);
+          socket.resume();
+        });
+      });
+      this.plainServer = server;
+      plain = await listenOn(server, this.config.plainListen.host, this.config.plainListen.port);
+      this.listening.add(server);
+    }
+    return { tls: tlsAddress, plain };
+  }
+
+  /** Stop accepting connections; GOAWAY client HTTP/2 sessions; close idle HTTP/1.1 connections. */
+  stopAccepting(): Promise<void> {
+    const closed = [...this.listening].map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
+    this.listening.clear();
+    for (const session of this.sessions) session.close();
+    this.h1.closeIdleConnections();
+    return Promise.all(closed).then(() => undefined);
+  }
+
+  /** Client connections still open (tunnel sockets excluded by the caller's accounting). */
+  get openClientSessions(): number {
+    return this.sessions.size;
+  }
+
+  destroyAll(): void {
+    for (const session of this.sessions) session.destroy();
+    for (const socket of this.sockets) socket.destroy();
+    this.h1.closeAllConnections();
+  }
+
+  get socketCount(): number {
+    return this.sockets.size;
+  }
+}
+
+/** A duplex over `socket` whose readable side starts with `head`. */
+function replaying(socket: Socket, head: Buffer): Duplex {
+  const duplex = new Duplex({
+    read() {
+      socket.resume();
+    },
+    write(chunk: Buffer, _encoding, callback) {
+      socket.write(chunk, callback);
+    },
+    final(callback) {
+      socket.end();
+      callback();
+    },
+    destroy(error, callback) {
+      socket.destroy();
+      callback(error);
+    },
+  });
+  Object.defineProperty(duplex, 'remoteAddress', { value: socket.remoteAddress });
+  duplex.push(head);
+  socket.on('data', (chunk: Buffer) => {
+    if (!duplex.push(chunk)) socket.pause();
+  });
+  socket.once('end', () => duplex.push(null));
+  socket.once('close', () => duplex.destroy());
+  return duplex;
+}
+
+function listenOn(server: net.Server, host: string, port: number): Promise<AddressInfo> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve(server.address() as AddressInfo);
+    });
+  });
+}

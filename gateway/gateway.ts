@@ -1,0 +1,176 @@
+/**
+ * The gateway: one port for clients (HTTP/1.1, HTTP/2, gRPC, WebSocket, CONNECT) and for agents'
+ * tunnel connections (ALPN `tether-tunnel/1`); carries each client request as one HTTP/2 stream
+ * through a tunnel of the request's cluster.
+ */
+import type { AddressInfo } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import type { Registry } from 'prom-client';
+import { checkTlsPeer } from '../certs/index.js';
+import { AdminServer, type Readiness } from '../common/admin-server.js';
+import { TetherError } from '../common/errors.js';
+import type { Closable } from '../common/lifecycle.js';
+import { once } from '../common/lifecycle.js';
+import { createLogger, type Logger } from '../common/log.js';
+import { createRegistry } from '../common/metrics.js';
+import { parseOptions } from '../common/options.js';
+import { ClientAuthenticator, claimAuthorizer, type Authorizer } from './client-auth.js';
+import { FrontDoor, type ServerTls } from './front-door.js';
+import { GatewayMetrics } from './metrics.js';
+import { gatewayOptionsSchema, type GatewayConfig, type GatewayConfigInput } from './options.js';
+import { ClientProxy } from './proxy.js';
+import { TunnelAcceptor, type AgentCheck } from './tunnel-acceptor.js';
+import { TunnelRegistry } from './tunnel-registry.js';
+import type { ReplicaInfo } from './tunnel/index.js';
+
+export interface GatewayOptions extends GatewayConfigInput {
+  tls: ServerTls;
+  /** Who may reach which cluster; default: the token's `clusters` claim. */
+  authorizer?: Authorizer;
+  /** Replace the agent identity check (default: certs' `checkTlsPeer` with SPIFFE, trust domain, deny-list). */
+  checkAgent?: AgentCheck;
+  logger?: Logger;
+  registry?: Registry;
+}
+
+export class Gateway implements Closable {
+  readonly config: GatewayConfig;
+  readonly metrics: GatewayMetrics;
+  readonly tunnels = new TunnelRegistry();
+  private readonly logger: Logger;
+  private readonly frontDoor: FrontDoor;
+  private readonly acceptor: TunnelAcceptor;
+  private revoked: Set<string>;
+  private admin: AdminServer | null = null;
+  private tlsAddress: AddressInfo | null = null;
+  private plainAddr: AddressInfo | null = null;
+  private replicaList: ReplicaInfo[];
+
+  constructor(options: GatewayOptions) {
+    const { tls, authorizer, checkAgent, logger, registry, ...rest } = options;
+    this.config = parseOptions(gatewayOptionsSchema, rest, 'gateway');
+    this.logger = logger ?? createLogger('gateway');
+    this.metrics = new GatewayMetrics(registry ?? createRegistry({ defaultLabels: { component: 'gateway', instance: this.config.id } }));
+    this.revoked = new Set(this.config.revokedSerials.map((s) => s.toLowerCase()));
+    this.replicaList = this.config.replicas;
+    const auth = new ClientAuthenticator(this.config.auth);
+    const authorize = authorizer ?? claimAuthorizer(this.config.auth.mode === 'jwt' ? this.config.auth.clustersClaim : 'clusters');
+    const allow: Authorizer = this.config.auth.mode === 'none' && authorizer === undefined ? () => true : authorize;
+    const proxy = new ClientProxy(this.config, this.tunnels, auth, allow, this.metrics, this.logger);
+    this.acceptor = new TunnelAcceptor(this.config, this.tunnels, this.metrics, this.logger, checkAgent ?? ((socket) => this.defaultCheck(socket)), () =>
+      this.replicas(),
+    );
+    this.frontDoor = new FrontDoor(this.config, tls, proxy, this.metrics, this.logger, (socket: TLSSocket) => this.acceptor.accept(socket));
+    this.tunnels.onChange(() => {
+      this.metrics.tunnelConnections.reset();
+      for (const [cluster, n] of Object.entries(this.tunnels.countsByCluster())) this.metrics.tunnelConnections.set({ cluster }, n);
+    });
+  }
+
+  private defaultCheck(socket: TLSSocket): ReturnType<AgentCheck> {
+    const result = checkTlsPeer(socket, { revokedSerials: this.revoked, expectedTrustDomain: this.config.trustDomain, requireSpiffe: true, usage: 'client' });
+    if (!result.ok) return result;
+    const { clusterId, agentId, spiffeId, serialNumber } = result.peer;
+    if (clusterId === undefined || agentId === undefined) {
+      return { ok: false, error: new TetherError('AGENT_IDENTITY_INVALID', 'the certificate names no cluster and agent') };
+    }
+    return { ok: true, peer: { clusterId, agentId, serialNumber, ...(spiffeId === undefined ? {} : { spiffeId }) } };
+  }
+
+  get registry(): Registry {
+    return this.metrics.registry;
+  }
+
+  async start(): Promise<void> {
+    const { tls, plain } = await this.frontDoor.listen();
+    this.tlsAddress = tls;
+    this.plainAddr = plain;
+    if (this.config.admin !== undefined) {
+      this.admin = new AdminServer({ registry: this.registry, readiness: () => this.readiness(), ...this.config.admin });
+      await this.admin.listen();
+    }
+    this.logger.info({ id: this.config.id, tls: this.address, plain: this.plainUrl }, 'gateway listening');
+  }
+
+  /** `host:port` of the TLS port (clients and agents). */
+  get address(): string {
+    if (this.tlsAddress === null) throw new TetherError('NOT_STARTED', 'gateway is not listening');
+    return formatAddress(this.tlsAddress);
+  }
+
+  get url(): string {
+    return `https://${this.address}`;
+  }
+
+  get plainUrl(): string | null {
+    return this.plainAddr === null ? null : `http://${formatAddress(this.plainAddr)}`;
+  }
+
+  get adminUrl(): string | null {
+    return this.admin?.url ?? null;
+  }
+
+  replicas(): ReplicaInfo[] {
+    const self: ReplicaInfo = { id: this.config.id, address: this.config.advertiseAddress ?? (this.tlsAddress === null ? '' : formatAddress(this.tlsAddress)) };
+    return [self, ...this.replicaList.filter((r) => r.id !== self.id)];
+  }
+
+  /** Replace the list of peer replicas and tell every connected agent. */
+  setReplicas(replicas: ReplicaInfo[]): void {
+    this.replicaList = replicas;
+    this.acceptor.announceReplicas(this.replicas());
+  }
+
+  readiness(): Readiness {
+    return { ready: this.tlsAddress !== null, details: { tunnels: this.tunnels.countsByCluster() } };
+  }
+
+  updateTls(serverTls: ServerTls): void {
+    this.frontDoor.updateTls(serverTls);
+  }
+
+  /** Replace the revocation deny-list; live tunnels whose certificate is now revoked are closed. */
+  setRevokedSerials(serials: string[]): void {
+    this.revoked = new Set(serials.map((s) => s.toLowerCase()));
+    for (const tunnel of this.tunnels.all()) {
+      if (tunnel.serialNumber !== undefined && this.revoked.has(tunnel.serialNumber.toLowerCase())) {
+        this.logger.warn({ cluster: tunnel.clusterId, agent: tunnel.agentId }, 'closing tunnel: certificate revoked');
+        tunnel.session.destroy();
+      }
+    }
+  }
+
+  private inFlight(): number {
+    return this.tunnels.all().reduce((n, t) => n + t.activeStreams, 0);
+  }
+
+  /**
+   * Tell agents to move (control `drain`), stop accepting clients, let in-flight requests finish
+   * within `graceMs`, then GOAWAY the tunnels and close.
+   */
+  readonly drain = once(async (graceMs: number = this.config.drainGraceMs): Promise<void> => {
+    const deadline = Date.now() + graceMs;
+    this.acceptor.announceDrain(this.config.agentRetryAfterMs);
+    const stopped = this.frontDoor.stopAccepting();
+    while (this.inFlight() > 0 && Date.now() < deadline) {
+      await new Promise<void>((resolve) => setTimeout(resolve, 25));
+    }
+    await this.acceptor.closeAll(Math.max(0, deadline - Date.now()));
+    this.frontDoor.destroyAll();
+    await stopped;
+    await this.admin?.drain();
+  });
+
+  readonly close = once(async (): Promise<void> => {
+    this.acceptor.announceDrain(this.config.agentRetryAfterMs);
+    const stopped = this.frontDoor.stopAccepting();
+    await this.acceptor.closeAll(0);
+    this.frontDoor.destroyAll();
+    await stopped;
+    await this.admin?.close();
+  });
+}
+
+function formatAddress(address: AddressInfo): string {
+  return address.family === 'IPv6' || address.address.includes(':') ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
+}

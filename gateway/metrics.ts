@@ -1,0 +1,27 @@
+/** The gateway's Prometheus series (names after cloudflared's and Konnectivity's, research/tunnels.md A4/D6). */
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+
+export class GatewayMetrics {
+  readonly tunnelConnections: Gauge<'cluster'>;
+  readonly handshakes: Counter<'result' | 'reason'>;
+  readonly requestsTotal: Counter<'cluster' | 'protocol'>;
+  readonly requestsActive: Gauge<'cluster'>;
+  readonly errors: Counter<'code'>;
+  readonly streamSetup: Histogram<'protocol'>;
+  readonly pingRtt: Histogram;
+  readonly bytes: Counter<'direction'>;
+  readonly streamRetries: Counter;
+
+  constructor(readonly registry: Registry) {
+    const registers = [registry];
+    this.tunnelConnections = new Gauge({ name: 'tether_gateway_tunnel_connections', help: 'Live agent tunnel connections on this replica, per cluster.', labelNames: ['cluster'], registers });
+    this.handshakes = new Counter({ name: 'tether_gateway_tunnel_handshakes_total', help: 'Agent tunnel handshakes by result and refusal reason.', labelNames: ['result', 'reason'], registers });
+    this.requestsTotal = new Counter({ name: 'tether_gateway_requests_total', help: 'Client requests carried into a tunnel, by cluster and protocol (http1, http2, grpc, websocket, tcp).', labelNames: ['cluster', 'protocol'], registers });
+    this.requestsActive = new Gauge({ name: 'tether_gateway_concurrent_requests', help: 'Client requests in flight, per cluster.', labelNames: ['cluster'], registers });
+    this.errors = new Counter({ name: 'tether_gateway_request_errors_total', help: 'Client requests answered with an error, by tether-error code.', labelNames: ['code'], registers });
+    this.streamSetup = new Histogram({ name: 'tether_gateway_stream_setup_seconds', help: 'Time from opening the tunnel stream to its response headers.', labelNames: ['protocol'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers });
+    this.pingRtt = new Histogram({ name: 'tether_gateway_ping_rtt_seconds', help: 'HTTP/2 PING round-trip time to agents.', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], registers });
+    this.bytes = new Counter({ name: 'tether_gateway_bytes_total', help: 'Body bytes carried, by direction (to_agent, to_client).', labelNames: ['direction'], registers });
+    this.streamRetries = new Counter({ name: 'tether_gateway_stream_retries_total', help: 'Requests re-sent on another tunnel connection after a refused stream.', registers });
+  }
+}

@@ -1,0 +1,76 @@
+/** The gateway's options, validated once at start (`parseOptions`). */
+import { z } from 'zod';
+import { DEFAULT_TUNNEL_LIMITS } from './tunnel/index.js';
+
+const address = z.object({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(0) });
+
+const issuer = z
+  .object({
+    /** Exact `iss`. */
+    issuer: z.string().min(1),
+    /** Accepted `aud` values (at least one must match). */
+    audiences: z.array(z.string()).min(1),
+    /** Remote JWKS (fetched and cached by jose). */
+    jwksUrl: z.string().url().optional(),
+    /** Static public keys as a JWK set. */
+    jwks: z.object({ keys: z.array(z.record(z.string(), z.unknown())).min(1) }).optional(),
+    algorithms: z.array(z.string()).default(['RS256', 'ES256', 'EdDSA', 'PS256']),
+    clockToleranceSec: z.number().min(0).max(300).default(30),
+  })
+  .refine((i) => (i.jwksUrl === undefined) !== (i.jwks === undefined), { message: 'set exactly one of jwksUrl or jwks' });
+
+export const gatewayOptionsSchema = z.object({
+  id: z.string().min(1).default(() => `gw-${process.pid}-${Math.random().toString(36).slice(2, 8)}`),
+  /** TLS port: clients (ALPN h2, http/1.1) and agents (ALPN tether-tunnel/1). */
+  listen: address.prefault({}),
+  /** Optional cleartext port for local use: HTTP/1.1 and h2c prior knowledge. */
+  plainListen: address.optional(),
+  /** `host:port` agents should dial to reach this replica (default: the TLS listen address). */
+  advertiseAddress: z.string().optional(),
+  /** The other replicas, announced to agents on the control stream. */
+  replicas: z.array(z.object({ id: z.string(), address: z.string() })).default([]),
+  /** Clients reach cluster `c` at `c.<baseDomain>`. */
+  baseDomain: z.string().optional(),
+  /** Also accept the `tether-cluster` request header for routing (local use). */
+  allowClusterHeader: z.boolean().default(true),
+  /** Registered cluster ids: agents of other clusters are refused, requests for others get 404. */
+  clusters: z.array(z.string().min(1)).default([]),
+  /** SPIFFE trust domain agent certificates must name. */
+  trustDomain: z.string().min(1),
+  /** Revoked certificate serials (lowercase hex). */
+  revokedSerials: z.array(z.string()).default([]),
+  auth: z.discriminatedUnion('mode', [
+    z.object({ mode: z.literal('jwt'), issuers: z.array(issuer).min(1), clustersClaim: z.string().default('clusters') }),
+    /** Local development only: every request is let through as `anonymous`. */
+    z.object({ mode: z.literal('none') }),
+  ]),
+  limits: z
+    .object({
+      streamWindowBytes: z.number().int().min(65_535).max(2 ** 31 - 1).default(DEFAULT_TUNNEL_LIMITS.streamWindowBytes),
+      connectionWindowBytes: z.number().int().min(65_535).max(2 ** 31 - 1).default(DEFAULT_TUNNEL_LIMITS.connectionWindowBytes),
+      maxConcurrentStreams: z.number().int().min(1).default(DEFAULT_TUNNEL_LIMITS.maxConcurrentStreams),
+      maxHeaderListBytes: z.number().int().min(1024).default(DEFAULT_TUNNEL_LIMITS.maxHeaderListBytes),
+      maxSessionMemoryMiB: z.number().int().min(1).default(DEFAULT_TUNNEL_LIMITS.maxSessionMemoryMiB),
+      /** Client request header block limit (431 above it). */
+      maxClientHeaderBytes: z.number().int().min(1024).default(32 * 1024),
+      /** Client request body limit (413 above it); unlimited when absent. */
+      maxRequestBodyBytes: z.number().int().min(0).optional(),
+      /** Concurrent streams per client HTTP/2 connection. */
+      maxClientStreams: z.number().int().min(1).default(250),
+    })
+    .refine((l) => l.connectionWindowBytes > l.streamWindowBytes, { message: 'connectionWindowBytes must exceed streamWindowBytes' })
+    .prefault({}),
+  /** Time allowed for response headers to come back through the tunnel (504 after it). */
+  responseTimeoutMs: z.number().int().min(1).default(60_000),
+  pingIntervalMs: z.number().int().min(10).default(5_000),
+  pingTimeoutMs: z.number().int().min(10).default(5_000),
+  /** Retry-After for 503 NO_TUNNEL answers, seconds. */
+  noTunnelRetryAfterSec: z.number().int().min(0).default(1),
+  /** Retry delay agents are told when this gateway drains or refuses them, ms. */
+  agentRetryAfterMs: z.number().int().min(0).default(1_000),
+  admin: address.optional(),
+  drainGraceMs: z.number().int().min(0).default(30_000),
+});
+
+export type GatewayConfig = z.output<typeof gatewayOptionsSchema>;
+export type GatewayConfigInput = z.input<typeof gatewayOptionsSchema>;

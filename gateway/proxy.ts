@@ -1,0 +1,442 @@
+/**
+ * Carrying one client request into a tunnel: admission (authenticate, route to a cluster,
+ * authorize, size limits), one HTTP/2 stream on the least-loaded connection, and the response
+ * (headers, body, trailers; or a raw byte stream for WebSocket and CONNECT) back to the client.
+ * Every failure answers with a status and a stable `tether-error` code, counted in a metric.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import * as http2 from 'node:http2';
+import type { ClientHttp2Stream, IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from 'node:http2';
+import type { Duplex, Readable } from 'node:stream';
+import { isTetherError } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import type { Authorizer, ClientAuthenticator, ClientIdentity } from './client-auth.js';
+import type { GatewayMetrics } from './metrics.js';
+import type { GatewayConfig } from './options.js';
+import type { AgentTunnel, TunnelRegistry } from './tunnel-registry.js';
+import {
+  H_CLIENT_ADDRESS,
+  H_CLIENT_PROTOCOL,
+  H_CLUSTER,
+  H_ERROR,
+  H_IDENTITY,
+  H_ISSUER,
+  H_REQUEST_ID,
+  H_SUBJECT,
+  filterHeaders,
+  filterResponseHeaders,
+  headerListSize,
+  statusOf,
+} from './tunnel/index.js';
+
+const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM, NGHTTP2_FLAG_END_STREAM } = http2.constants;
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+const MAX_ATTEMPTS = 3;
+
+type Kind = 'http1' | 'http2' | 'grpc' | 'websocket' | 'tcp';
+
+interface Admitted {
+  clusterId: string;
+  identity: ClientIdentity;
+}
+
+/** The client side of one exchange, whatever protocol the client speaks. */
+interface ClientSide {
+  kind: Kind;
+  /** Request body source (or the client's byte stream for WebSocket/CONNECT); null when bodyless. */
+  body: Readable | null;
+  respondError(code: string, message: string, extra?: OutgoingHttpHeaders): void;
+  onResponse(tunnelStream: ClientHttp2Stream, headers: IncomingHttpHeaders, flags: number): void;
+  /** Tear the client side down after the response started. */
+  abort(): void;
+  onGone(callback: () => void): void;
+}
+
+export class RequestRejected extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly extra: OutgoingHttpHeaders = {},
+  ) {
+    super(message);
+  }
+}
+
+export class ClientProxy {
+  constructor(
+    private readonly config: GatewayConfig,
+    private readonly registry: TunnelRegistry,
+    private readonly auth: ClientAuthenticator,
+    private readonly authorize: Authorizer,
+    private readonly metrics: GatewayMetrics,
+    private readonly logger: Logger,
+  ) {}
+
+  /** The cluster a request is for: `tether-cluster` (when allowed), else `<cluster>.<baseDomain>`. */
+  clusterFor(authority: string | undefined, headers: IncomingHttpHeaders): string | null {
+    const header = headers[H_CLUSTER];
+    if (this.config.allowClusterHeader && typeof header === 'string' && header !== '') return header;
+    const base = this.config.baseDomain;
+    if (base === undefined || authority === undefined) return null;
+    const host = authority.replace(/:\d+$/, '').toLowerCase().replace(/\.$/, '');
+    const suffix = `.${base.toLowerCase()}`;
+    if (!host.endsWith(suffix)) return null;
+    const cluster = host.slice(0, -suffix.length);
+    return cluster === '' || cluster.includes('.') ? null : cluster;
+  }
+
+  private async admit(headers: IncomingHttpHeaders, authority: string | undefined): Promise<Admitted> {
+    if (headerListSize(headers) > this.config.limits.maxClientHeaderBytes) {
+      throw new RequestRejected('HEADERS_TOO_LARGE', 'request headers exceed the limit');
+    }
+    let identity: ClientIdentity;
+    try {
+      identity = await this.auth.authenticate(typeof headers.authorization === 'string' ? headers.authorization : undefined);
+    } catch (reason) {
+      const message = isTetherError(reason) ? reason.rawMessage : 'authentication failed';
+      throw new RequestRejected('UNAUTHENTICATED', message, { 'www-authenticate': 'Bearer' });
+    }
+    const clusterId = this.clusterFor(authority, headers);
+    if (clusterId === null) throw new RequestRejected('UNKNOWN_CLUSTER', 'the request names no cluster');
+    if (!this.config.clusters.includes(clusterId)) throw new RequestRejected('UNKNOWN_CLUSTER', `unknown cluster ${clusterId}`);
+    let allowed = false;
+    try {
+      allowed = await this.authorize(identity, clusterId);
+    } catch (reason) {
+      this.logger.warn({ err: reason }, 'authorizer failed; denying');
+    }
+    if (!allowed) throw new RequestRejected('FORBIDDEN', `${identity.subject} may not reach cluster ${clusterId}`);
+    const max = this.config.limits.maxRequestBodyBytes;
+    const length = Number(headers['content-length'] ?? 0);
+    if (max !== undefined && length > max) throw new RequestRejected('BODY_TOO_LARGE', `request body exceeds ${max} bytes`);
+    return { clusterId, identity };
+  }
+
+  private tunnelHeaders(client: IncomingHttpHeaders, admitted: Admitted, remote: string | undefined, protocol: 'http1' | 'http2', pseudo: OutgoingHttpHeaders): OutgoingHttpHeaders {
+    const headers: OutgoingHttpHeaders = { ...pseudo, ...filterHeaders(client, { stripTether: true }) };
+    headers[H_CLUSTER] = admitted.clusterId;
+    headers[H_SUBJECT] = admitted.identity.subject;
+    headers[H_ISSUER] = admitted.identity.issuer;
+    headers[H_IDENTITY] = Buffer.from(JSON.stringify({ sub: admitted.identity.subject, iss: admitted.identity.issuer })).toString('base64url');
+    headers[H_CLIENT_ADDRESS] = remote ?? '';
+    headers[H_CLIENT_PROTOCOL] = protocol;
+    headers[H_REQUEST_ID] = randomUUID();
+    return headers;
+  }
+
+  private rejected(client: ClientSide, reason: unknown): void {
+    if (reason instanceof RequestRejected) {
+      client.respondError(reason.code, reason.message, reason.extra);
+      return;
+    }
+    this.logger.error({ err: reason }, 'gateway request failed');
+    client.respondError('TUNNEL_STREAM_RESET', 'internal error');
+  }
+
+  /** Open a tunnel stream for the exchange and wire both sides; retries refused streams elsewhere. */
+  private forward(clusterId: string, headers: OutgoingHttpHeaders, client: ClientSide, attempt = 0, exclude = new Set<AgentTunnel>()): void {
+    const tunnel = this.registry.pick(clusterId, exclude);
+    if (tunnel === null) {
+      client.respondError('NO_TUNNEL', `no live tunnel for cluster ${clusterId}`, { 'retry-after': String(this.config.noTunnelRetryAfterSec) });
+      return;
+    }
+    let stream: ClientHttp2Stream;
+    try {
+      stream = tunnel.session.request(headers, { endStream: client.body === null });
+    } catch {
+      exclude.add(tunnel);
+      if (attempt + 1 < MAX_ATTEMPTS + this.registry.count(clusterId)) this.forward(clusterId, headers, client, attempt + 1, exclude);
+      else client.respondError('NO_TUNNEL', `no usable tunnel for cluster ${clusterId}`, { 'retry-after': String(this.config.noTunnelRetryAfterSec) });
+      return;
+    }
+    const started = process.hrtime.bigint();
+    tunnel.activeStreams++;
+    this.metrics.requestsActive.inc({ cluster: clusterId });
+    if (attempt === 0) this.metrics.requestsTotal.inc({ cluster: clusterId, protocol: client.kind });
+    let responded = false;
+    let gone = false;
+    const timer = setTimeout(() => {
+      if (responded) return;
+      stream.close(NGHTTP2_CANCEL);
+      client.respondError('TUNNEL_TIMEOUT', `no response within ${this.config.responseTimeoutMs} ms`);
+    }, this.config.responseTimeoutMs);
+    stream.on('error', () => undefined);
+    stream.on('response', (responseHeaders: IncomingHttpHeaders, flags: number) => {
+      clearTimeout(timer);
+      responded = true;
+      this.metrics.streamSetup.observe({ protocol: client.kind }, Number(process.hrtime.bigint() - started) / 1e9);
+      const code = responseHeaders[H_ERROR];
+      if (typeof code === 'string') this.metrics.errors.inc({ code });
+      if (gone) return;
+      stream.on('data', (chunk: Buffer) => this.metrics.bytes.inc({ direction: 'to_client' }, chunk.length));
+      client.onResponse(stream, responseHeaders, flags);
+    });
+    stream.once('close', () => {
+      clearTimeout(timer);
+      tunnel.activeStreams--;
+      this.metrics.requestsActive.dec({ cluster: clusterId });
+      if (client.body !== null) client.body.unpipe(stream);
+      if (gone) return;
+      if (!responded) {
+        const untouched = client.body === null || !client.body.readableDidRead;
+        if (stream.rstCode === NGHTTP2_REFUSED_STREAM && untouched && attempt + 1 < MAX_ATTEMPTS) {
+          this.metrics.streamRetries.inc();
+          exclude.add(tunnel);
+          this.forward(clusterId, headers, client, attempt + 1, exclude);
+          return;
+        }
+        client.respondError('TUNNEL_STREAM_RESET', 'the tunnel stream ended before a response');
+      } else if (stream.rstCode !== undefined && stream.rstCode !== NGHTTP2_NO_ERROR) {
+        client.abort();
+      }
+    });
+    client.onGone(() => {
+      gone = true;
+      if (!stream.closed) stream.close(NGHTTP2_CANCEL);
+    });
+    if (client.body !== null) {
+      const body = client.body;
+      const max = this.config.limits.maxRequestBodyBytes;
+      let received = 0;
+      body.on('data', (chunk: Buffer) => {
+        received += chunk.length;
+        this.metrics.bytes.inc({ direction: 'to_agent' }, chunk.length);
+        if (max !== undefined && received > max && !stream.closed) {
+          body.unpipe(stream);
+          stream.close(NGHTTP2_CANCEL);
+          if (!responded) {
+            responded = true;
+            client.respondError('BODY_TOO_LARGE', `request body exceeds ${max} bytes`);
+          } else client.abort();
+        }
+      });
+      body.pipe(stream);
+    }
+  }
+
+  // ---- HTTP/1.1 clients -------------------------------------------------------------------
+
+  handleHttp1(req: IncomingMessage, res: ServerResponse): void {
+    res.on('error', () => undefined);
+    const headers = req.headers;
+    const bodyless = headers['content-length'] === undefined && headers['transfer-encoding'] === undefined;
+    const client: ClientSide = {
+      kind: isGrpc(headers) ? 'grpc' : 'http1',
+      body: bodyless || headers['content-length'] === '0' ? null : req,
+      respondError: (code, message, extra = {}) => {
+        this.metrics.errors.inc({ code });
+        if (res.headersSent || res.destroyed) {
+          res.destroy();
+          return;
+        }
+        res.writeHead(statusOf(code), { ...extra, 'content-type': 'text/plain; charset=utf-8', [H_ERROR]: code });
+        res.end(`${code}: ${message}\n`);
+        if (!req.complete) req.resume();
+      },
+      onResponse: (stream, responseHeaders, flags) => {
+        const status = Number(responseHeaders[':status'] ?? 502);
+        res.writeHead(status, filterResponseHeaders(responseHeaders) as Record<string, string | string[]>);
+        if ((flags & NGHTTP2_FLAG_END_STREAM) !== 0) {
+          res.end();
+          return;
+        }
+        stream.on('trailers', (trailers: IncomingHttpHeaders) => {
+          if (res.getHeader('content-length') === undefined) res.addTrailers(filterResponseHeaders(trailers) as Record<string, string>);
+        });
+        stream.pipe(res);
+      },
+      abort: () => res.destroy(),
+      onGone: (callback) =>
+        res.once('close', () => {
+          if (!res.writableFinished) callback();
+        }),
+    };
+    this.admit(headers, headers.host).then(
+      (admitted) => {
+        const pseudo = { ':method': req.method ?? 'GET', ':path': req.url ?? '/', ':authority': headers.host ?? admitted.clusterId, ':scheme': 'https' };
+        this.forward(admitted.clusterId, this.tunnelHeaders(headers, admitted, req.socket.remoteAddress, 'http1', pseudo), client);
+      },
+      (reason: unknown) => this.rejected(client, reason),
+    );
+  }
+
+  /** HTTP/1.1 `Upgrade: websocket` → RFC 8441 extended CONNECT on the tunnel. */
+  handleHttp1Upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', () => undefined);
+    const headers = req.headers;
+    const key = headers['sec-websocket-key'];
+    const raw = rawResponder(socket, this.metrics);
+    if (String(headers.upgrade).toLowerCase() !== 'websocket' || typeof key !== 'string') {
+      raw.error('BAD_REQUEST', 'only WebSocket upgrades are supported');
+      return;
+    }
+    const client: ClientSide = {
+      kind: 'websocket',
+      body: socket,
+      respondError: (code, message, extra) => raw.error(code, message, extra),
+      onResponse: (stream, responseHeaders) => {
+        const status = Number(responseHeaders[':status'] ?? 502);
+        if (status !== 200) {
+          raw.head(status, filterResponseHeaders(responseHeaders));
+          stream.pipe(socket);
+          return;
+        }
+        const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64');
+        const lines = ['HTTP/1.1 101 Switching Protocols', 'Upgrade: websocket', 'Connection: Upgrade', `Sec-WebSocket-Accept: ${accept}`];
+        for (const name of ['sec-websocket-protocol', 'sec-websocket-extensions']) {
+          const value = responseHeaders[name];
+          if (typeof value === 'string') lines.push(`${name}: ${value}`);
+        }
+        socket.write(`${lines.join('\r\n')}\r\n\r\n`);
+        stream.pipe(socket);
+      },
+      abort: () => socket.destroy(),
+      onGone: (callback) => socket.once('close', callback),
+    };
+    this.admit(headers, headers.host).then(
+      (admitted) => {
+        const pseudo = { ':method': 'CONNECT', ':protocol': 'websocket', ':path': req.url ?? '/', ':authority': headers.host ?? admitted.clusterId, ':scheme': 'https' };
+        const out = this.tunnelHeaders(headers, admitted, req.socket.remoteAddress, 'http1', pseudo);
+        delete out['sec-websocket-key'];
+        if (head.length > 0) socket.unshift(head);
+        this.forward(admitted.clusterId, out, client);
+      },
+      (reason: unknown) => this.rejected(client, reason),
+    );
+  }
+
+  /** HTTP/1.1 `CONNECT host:port` → HTTP/2 CONNECT on the tunnel (raw TCP at the agent). */
+  handleHttp1Connect(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', () => undefined);
+    const headers = req.headers;
+    const raw = rawResponder(socket, this.metrics);
+    const target = req.url ?? '';
+    const client: ClientSide = {
+      kind: 'tcp',
+      body: socket,
+      respondError: (code, message, extra) => raw.error(code, message, extra),
+      onResponse: (stream, responseHeaders) => {
+        const status = Number(responseHeaders[':status'] ?? 502);
+        if (status !== 200) {
+          raw.head(status, filterResponseHeaders(responseHeaders));
+          stream.pipe(socket);
+          return;
+        }
+        socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+        stream.pipe(socket);
+      },
+      abort: () => socket.destroy(),
+      onGone: (callback) => socket.once('close', callback),
+    };
+    this.admit(headers, undefined).then(
+      (admitted) => {
+        const out = this.tunnelHeaders(headers, admitted, req.socket.remoteAddress, 'http1', { ':method': 'CONNECT', ':authority': target });
+        if (head.length > 0) socket.unshift(head);
+        this.forward(admitted.clusterId, out, client);
+      },
+      (reason: unknown) => this.rejected(client, reason),
+    );
+  }
+
+  // ---- HTTP/2 clients ---------------------------------------------------------------------
+
+  handleHttp2(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): void {
+    stream.on('error', () => undefined);
+    const method = headers[':method'];
+    const connect = method === 'CONNECT';
+    const protocol = headers[':protocol'];
+    const ended = (flags & NGHTTP2_FLAG_END_STREAM) !== 0;
+    const wantTrailers = isGrpc(headers) || (typeof headers.te === 'string' && /trailers/i.test(headers.te));
+    const client: ClientSide = {
+      kind: connect ? (protocol === 'websocket' ? 'websocket' : 'tcp') : isGrpc(headers) ? 'grpc' : 'http2',
+      body: ended ? null : stream,
+      respondError: (code, message, extra = {}) => {
+        this.metrics.errors.inc({ code });
+        if (stream.destroyed || stream.closed) return;
+        if (stream.headersSent) {
+          stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+          return;
+        }
+        stream.respond({ ...extra, ':status': statusOf(code), 'content-type': 'text/plain; charset=utf-8', [H_ERROR]: code });
+        stream.end(`${code}: ${message}\n`);
+      },
+      onResponse: (tunnelStream, responseHeaders, responseFlags) => {
+        if (stream.destroyed || stream.closed) return;
+        const endStream = (responseFlags & NGHTTP2_FLAG_END_STREAM) !== 0;
+        const trailers = !endStream && !connect && (wantTrailers || isGrpc(responseHeaders));
+        stream.respond({ ':status': Number(responseHeaders[':status'] ?? 502), ...filterResponseHeaders(responseHeaders) }, { endStream, waitForTrailers: trailers });
+        if (trailers) {
+          let saved: IncomingHttpHeaders | null = null;
+          tunnelStream.on('trailers', (t: IncomingHttpHeaders) => {
+            saved = t;
+          });
+          stream.once('wantTrailers', () => {
+            if (saved !== null) stream.sendTrailers(filterResponseHeaders(saved));
+            else stream.close();
+          });
+        }
+        if (!endStream) tunnelStream.pipe(stream);
+      },
+      abort: () => {
+        if (!stream.closed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+      },
+      onGone: (callback) =>
+        stream.once('close', () => {
+          if (stream.rstCode !== NGHTTP2_NO_ERROR || !stream.writableFinished) callback();
+        }),
+    };
+    const authority = headers[':authority'];
+    this.admit(headers, connect && protocol === undefined ? undefined : authority).then(
+      (admitted) => {
+        const pseudo: OutgoingHttpHeaders = connect && protocol === undefined
+          ? { ':method': 'CONNECT', ':authority': authority ?? '' }
+          : {
+              ':method': method ?? 'GET',
+              ':path': headers[':path'] ?? '/',
+              ':authority': authority ?? admitted.clusterId,
+              ':scheme': 'https',
+              ...(protocol === undefined ? {} : { ':protocol': protocol }),
+            };
+        this.forward(admitted.clusterId, this.tunnelHeaders(headers, admitted, stream.session?.socket?.remoteAddress, 'http2', pseudo), client);
+      },
+      (reason: unknown) => this.rejected(client, reason),
+    );
+  }
+}
+
+function isGrpc(headers: IncomingHttpHeaders): boolean {
+  const type = headers['content-type'];
+  return typeof type === 'string' && type.startsWith('application/grpc');
+}
+
+/** Writes an HTTP/1.1 response by hand on a socket taken over by `upgrade`/`connect`. */
+function rawResponder(socket: Duplex, metrics: GatewayMetrics): {
+  error(code: string, message: string, extra?: OutgoingHttpHeaders): void;
+  head(status: number, headers: OutgoingHttpHeaders): void;
+} {
+  const head = (status: number, headers: OutgoingHttpHeaders): void => {
+    const lines = [`HTTP/1.1 ${status} ${httpReason(status)}`];
+    for (const [name, value] of Object.entries(headers)) {
+      if (value === undefined) continue;
+      for (const v of Array.isArray(value) ? value : [value]) lines.push(`${name}: ${String(v).replace(/[\r\n]/g, '')}`);
+    }
+    lines.push('connection: close');
+    socket.write(`${lines.join('\r\n')}\r\n\r\n`);
+  };
+  return {
+    head,
+    error(code, message, extra = {}) {
+      metrics.errors.inc({ code });
+      if (socket.destroyed) return;
+      const body = `${code}: ${message}\n`;
+      head(statusOf(code), { ...extra, 'content-type': 'text/plain; charset=utf-8', 'content-length': String(Buffer.byteLength(body)), [H_ERROR]: code });
+      socket.end(body);
+    },
+  };
+}
+
+export function httpReason(status: number): string {
+  const reasons: Record<number, string> = { 200: 'OK', 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 413: 'Content Too Large', 431: 'Request Header Fields Too Large', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
+  return reasons[status] ?? 'Status';
+}

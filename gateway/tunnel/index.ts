@@ -1,0 +1,5 @@
+/** The tunnel protocol: the only part of `gateway/` the agent imports. */
+export * from './protocol.js';
+export * from './control.js';
+export * from './codes.js';
+export { PingKeeper, type LivenessOptions } from './liveness.js';

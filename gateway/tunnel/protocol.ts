@@ -1,0 +1,118 @@
+/**
+ * The tunnel's wire conventions, shared by the gateway and the agent (the agent imports only
+ * `gateway/tunnel/`). The transport is HTTP/2 over an agent-dialed mutual TLS connection whose ALPN
+ * is `tether-tunnel/1`; the gateway is the HTTP/2 client, the agent the HTTP/2 server.
+ */
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http2';
+
+export const TUNNEL_ALPN = 'tether-tunnel/1';
+
+/** The control stream the gateway opens on every tunnel connection right after the handshake. */
+export const CONTROL_PATH = '/.tether/control';
+
+/** Headers the gateway sets and that clients can never send (every `tether-*` header is stripped). */
+export const HEADER_PREFIX = 'tether-';
+export const H_CLUSTER = 'tether-cluster';
+export const H_SUBJECT = 'tether-subject';
+export const H_ISSUER = 'tether-issuer';
+export const H_IDENTITY = 'tether-identity';
+export const H_CLIENT_ADDRESS = 'tether-client-address';
+export const H_CLIENT_PROTOCOL = 'tether-client-protocol';
+export const H_REQUEST_ID = 'tether-request-id';
+export const H_ERROR = 'tether-error';
+export const H_CONTROL = 'tether-control';
+
+/** Hop-by-hop and connection-specific headers (RFC 9110 §7.6.1, RFC 9113 §8.2.2). */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'transfer-encoding',
+  'upgrade',
+  'te',
+  'trailer',
+  'http2-settings',
+  'host',
+]);
+
+export interface HeaderFilterOptions {
+  /** Drop every `tether-*` header (what the gateway does to client headers). */
+  stripTether?: boolean;
+}
+
+/**
+ * Copy regular headers, dropping pseudo-headers, hop-by-hop headers, headers named by `Connection`,
+ * and (optionally) `tether-*` headers. `te: trailers` is the one `te` value HTTP/2 allows; it is
+ * kept.
+ */
+export function filterHeaders(headers: IncomingHttpHeaders, options: HeaderFilterOptions = {}): OutgoingHttpHeaders {
+  const named = new Set<string>();
+  const connection = headers.connection;
+  if (connection !== undefined) {
+    for (const value of Array.isArray(connection) ? connection : [connection]) {
+      for (const token of value.split(',')) named.add(token.trim().toLowerCase());
+    }
+  }
+  const out: OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || name.startsWith(':')) continue;
+    if (HOP_BY_HOP.has(name) || named.has(name)) continue;
+    if (options.stripTether === true && name.startsWith(HEADER_PREFIX)) continue;
+    out[name] = value;
+  }
+  const te = headers.te;
+  if (typeof te === 'string' && /(^|,)\s*trailers\s*(;|,|$)/i.test(te)) out.te = 'trailers';
+  return out;
+}
+
+/** Headers of a response that must not be copied into an HTTP/2 response. */
+export function filterResponseHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
+  const out = filterHeaders(headers);
+  delete out.te;
+  return out;
+}
+
+/** Byte size of a header block as HTTP/2 counts it (name + value + 32 per field). */
+export function headerListSize(headers: IncomingHttpHeaders): number {
+  let size = 0;
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined) continue;
+    for (const v of Array.isArray(value) ? value : [value]) size += name.length + String(v).length + 32;
+  }
+  return size;
+}
+
+/** HTTP/2 flow-control and limit settings used on both ends of a tunnel. */
+export interface TunnelLimits {
+  /** Per-stream receive window, bytes. */
+  streamWindowBytes: number;
+  /** Per-connection receive window, bytes; must exceed the stream window. */
+  connectionWindowBytes: number;
+  /** Concurrent streams the agent accepts per connection. */
+  maxConcurrentStreams: number;
+  /** Largest header block accepted, bytes. */
+  maxHeaderListBytes: number;
+  /** Node's per-session memory budget, MiB (outgoing buffers and header tables). */
+  maxSessionMemoryMiB: number;
+}
+
+export const DEFAULT_TUNNEL_LIMITS: TunnelLimits = {
+  streamWindowBytes: 4 * 1024 * 1024,
+  connectionWindowBytes: 64 * 1024 * 1024,
+  maxConcurrentStreams: 1000,
+  maxHeaderListBytes: 64 * 1024,
+  maxSessionMemoryMiB: 256,
+};
+
+/** HTTP/2 settings for one end of the tunnel. `server` = the agent. */
+export function tunnelSettings(limits: TunnelLimits, server: boolean): import('node:http2').Settings {
+  return {
+    initialWindowSize: limits.streamWindowBytes,
+    maxHeaderListSize: limits.maxHeaderListBytes * 2,
+    maxFrameSize: 64 * 1024,
+    enablePush: false,
+    ...(server ? { maxConcurrentStreams: limits.maxConcurrentStreams, enableConnectProtocol: true } : {}),
+  };
+}
