@@ -24,6 +24,22 @@ function nextMaterial(source: CertificateSource, predicate: (m: CertificateMater
   });
 }
 
+/**
+ * Wait for `promise`, failing after `ms`. The source's timers are unref'd (they must not keep a
+ * process alive), so while a test waits for a renewal this ref'd deadline keeps the loop running.
+ */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function readLine(socket: tls.TLSSocket): Promise<string> {
   return new Promise((resolve, reject) => {
     let buffer = '';
@@ -97,7 +113,7 @@ test('a short-lived certificate renews before expiry and a live TLS server keeps
   live.write('before\n');
   t.is(await readLine(live), 'before');
 
-  const renewed = await nextMaterial(source, (m) => m.serialNumber !== first.serialNumber);
+  const renewed = await within(nextMaterial(source, (m) => m.serialNumber !== first.serialNumber), 10_000, 'the renewal');
   const renewedAt = Date.now();
   t.true(renewedAt < first.notAfter.getTime(), 'renewed before the first certificate expired');
   t.true(renewedAt - first.obtainedAt.getTime() >= remaining * 0.45 - 50, 'not renewed much before half-life');
@@ -135,9 +151,9 @@ test('a failed renewal keeps the current certificate, reports the error and retr
   await source.start();
   const first = source.current();
   t.is(first.spiffeId, 'spiffe://tether.test/cluster/c1/agent/a1');
-  t.is(await failed, 'CERT_ISSUE_FAILED');
+  t.is(await within(failed, 10_000, 'the renewal failure'), 'CERT_ISSUE_FAILED');
   t.is(source.current().serialNumber, first.serialNumber, 'still serving the old certificate');
-  const renewed = await nextMaterial(source, (m) => m.serialNumber !== first.serialNumber);
+  const renewed = await within(nextMaterial(source, (m) => m.serialNumber !== first.serialNumber), 10_000, 'the retried renewal');
   t.is(calls, 3);
   t.is(renewed.spiffeId, first.spiffeId);
 });
