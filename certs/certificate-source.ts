@@ -186,7 +186,7 @@ export class CertificateSource {
       if (this.closed) return material;
       this.material = material;
       this.backoff.reset();
-      this.schedule(this.renewalDelay(material));
+      this.scheduleAt(material.obtainedAt.getTime() + this.renewalDelay(material));
       this.logger.info({ serialNumber: material.serialNumber, notAfter: material.notAfter.toISOString(), renewAt: this.renewAt?.toISOString() }, 'certificate obtained');
       for (const listener of [...this.listeners]) this.safeCall(listener, material);
       return material;
@@ -195,7 +195,7 @@ export class CertificateSource {
       if (!this.closed && this.material !== undefined) {
         // Renewal failed: keep serving the current certificate and retry.
         const delay = this.backoff.next();
-        this.schedule(delay);
+        this.scheduleAt(Date.now() + delay);
         this.logger.warn({ err: error, retryInMs: delay }, 'certificate renewal failed');
         for (const listener of [...this.errorListeners]) {
           try {
@@ -237,22 +237,22 @@ export class CertificateSource {
     return Math.max(0, Math.round(remaining * this.options.renewFraction * spread));
   }
 
-  private schedule(delayMs: number): void {
+  /** Renew at `renewAt` (epoch ms). */
+  private scheduleAt(renewAt: number): void {
     if (this.closed) return;
     if (this.timer !== undefined) clearTimeout(this.timer);
-    const renewAt = Date.now() + delayMs;
     this.renewAt = new Date(renewAt);
+    const delay = Math.max(0, renewAt - Date.now());
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      const left = renewAt - Date.now();
-      if (left > 0) {
-        this.schedule(left); // the delay was longer than one timer can wait
+      if (renewAt - Date.now() > 0) {
+        this.scheduleAt(renewAt); // the delay was longer than one timer can wait, or the timer fired early
         return;
       }
       this.renew().catch(() => {
         // reported to error listeners and rescheduled in obtain()
       });
-    }, Math.min(delayMs, MAX_TIMER_MS));
+    }, Math.min(delay, MAX_TIMER_MS));
     this.timer.unref();
   }
 
