@@ -1,6 +1,7 @@
 /** Public surface of the xDS component. */
 export { XdsServer, DEFAULT_GROUP } from './server.js';
-export type { XdsServerOptions, PublishOptions, ListenOptions } from './server.js';
+export type { XdsServerOptions, XdsServerEvents, PublishOptions, ListenOptions } from './server.js';
+export type { SettleEvent } from './stream-session.js';
 export { Snapshot, EncodedResource } from './snapshot.js';
 export type { SnapshotInput } from './snapshot.js';
 export { TypeUrl, RESOURCE_TYPES, resourceType, resourceTypeByUrl } from './resource-types.js';

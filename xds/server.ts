@@ -5,6 +5,7 @@
  * checked for referential integrity and validated against the rules of every client kind that
  * would receive it (research/xds.md (c)), and refused with the resource and field named.
  */
+import { EventEmitter } from 'node:events';
 import { create } from '@bufbuild/protobuf';
 import { Server, ServerCredentials, status } from '@grpc/grpc-js';
 import type { ServerDuplexStream, ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from '@grpc/grpc-js';
@@ -33,7 +34,7 @@ import type { ResourceKind, ResourceType } from './resource-types.js';
 import { Snapshot } from './snapshot.js';
 import type { SnapshotInput } from './snapshot.js';
 import { StreamSession } from './stream-session.js';
-import type { Protocol } from './stream-session.js';
+import type { Protocol, SettleEvent } from './stream-session.js';
 import { checkConsistency, formatProblem, validateFor } from './validate.js';
 import type { Problem } from './validate.js';
 
@@ -67,7 +68,14 @@ export interface ListenOptions {
 
 type Duplex<Req> = ServerDuplexStream<Req, Uint8Array>;
 
-export class XdsServer implements Closable {
+export interface XdsServerEvents {
+  /** A client ACKed a response. */
+  ack: [SettleEvent];
+  /** A client NACKed a response (error_detail in `message`). */
+  nack: [SettleEvent];
+}
+
+export class XdsServer extends EventEmitter<XdsServerEvents> implements Closable {
   readonly registry: Registry;
   readonly metrics: XdsMetrics;
   readonly logger: Logger;
@@ -80,6 +88,7 @@ export class XdsServer implements Closable {
   #draining = false;
 
   constructor(options: XdsServerOptions = {}) {
+    super();
     this.registry = options.registry ?? createRegistry();
     this.metrics = createXdsMetrics(this.registry);
     this.logger = options.logger ?? silentLogger();
@@ -193,6 +202,7 @@ export class XdsServer implements Closable {
       metrics: this.metrics,
       logger: this.logger,
       identified: (s: StreamSession) => this.metrics.connectedClients.inc({ kind: s.kind }),
+      settled: (event: SettleEvent) => this.emit(event.outcome, event),
     };
     const session = new StreamSession(protocol, fixed, host, {
       write: (bytes) => {

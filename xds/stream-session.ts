@@ -44,6 +44,22 @@ export interface SessionHost {
   logger: Logger;
   /** Called once the first request told us who the client is. */
   identified(session: StreamSession): void;
+  /** Called on every ACK and NACK. */
+  settled(event: SettleEvent): void;
+}
+
+/** An ACK or NACK of one response. */
+export interface SettleEvent {
+  session: string;
+  nodeId: string;
+  client: ClientKind;
+  type: ResourceType['kind'];
+  outcome: 'ack' | 'nack';
+  /** Type version of the response being ACKed or NACKed. */
+  version: string;
+  names: string[];
+  /** NACK only: error_detail.message. */
+  message?: string;
 }
 
 /** Where responses go: bytes already encoded as (Delta)DiscoveryResponse. */
@@ -159,7 +175,7 @@ export class StreamSession {
     if (state.lastNonce !== '' && nonce !== state.lastNonce) {
       // Stale (or missing) nonce (V6): ignore, unless the subscription changed (never lose it: V5).
       if (!changed) return;
-      state.pending = null;
+      state.supersede();
     } else if (nonce !== '' && state.pending !== null && state.pending.nonce === nonce) {
       this.#settle(state, request.versionInfo, request.errorDetail, now);
     } else if (nonce === '' && first && request.versionInfo !== '' && type.fullStateInSotw && state.wildcard) {
@@ -229,7 +245,7 @@ export class StreamSession {
       this.#settle(state, '', request.errorDetail, now);
     } else if (nonce !== '' && nonce !== state.lastNonce && changed) {
       // V7: a stale nonce never blocks a subscription change.
-      state.pending = null;
+      state.supersede();
     }
     if (changed) state.noteChange(now);
     if (first && state.wildcard) state.forceRespond = true;
@@ -256,6 +272,7 @@ export class StreamSession {
       state.lastNack = record;
       for (const name of pending.names) state.nacked.set(name, record);
       this.host.metrics.nacks.inc({ type: label });
+      this.host.settled({ session: this.id, nodeId: this.nodeId, client: this.kind, type: label, outcome: 'nack', version: pending.version, names: pending.names, message: errorDetail.message });
       this.host.logger.warn(
         { session: this.id, node: this.nodeId, kind: this.kind, type: label, version: pending.version, error: errorDetail.message },
         'xDS NACK',
@@ -273,6 +290,7 @@ export class StreamSession {
     }
     this.host.metrics.acks.inc({ type: label });
     this.host.metrics.convergence.observe({ type: label }, (now - pending.changeTime) / 1000);
+    this.host.settled({ session: this.id, nodeId: this.nodeId, client: this.kind, type: label, outcome: 'ack', version: pending.version, names: pending.names });
   }
 
   // ---- snapshot changes -----------------------------------------------------------------
@@ -445,7 +463,15 @@ export class StreamSession {
   }
 
   #recordSend(state: TypeState, nonce: string, version: string, versions: Map<string, string>, now: number, byteLength: number, count: number): void {
-    state.pending = { nonce, version, names: [...versions.keys()], versions, changeTime: state.changeSince ?? now };
+    // An ACK of this response also covers a superseded one: responses arrive in order.
+    const carried = state.superseded;
+    let changeTime = state.changeSince ?? now;
+    if (carried !== null) {
+      if (!state.type.fullStateInSotw || this.protocol === 'delta') for (const [name, v] of carried.versions) if (!versions.has(name)) versions.set(name, v);
+      changeTime = Math.min(changeTime, carried.changeTime);
+      state.superseded = null;
+    }
+    state.pending = { nonce, version, names: [...versions.keys()], versions, changeTime };
     state.lastNonce = nonce;
     state.changeSince = null;
     state.forceRespond = false;

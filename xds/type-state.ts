@@ -50,6 +50,8 @@ export class TypeState {
   readonly nacked = new Map<string, NackRecord>();
   lastNonce = '';
   pending: Pending | null = null;
+  /** A pending response replaced by a newer one before it was ACKed (its ACK is folded into the next). */
+  superseded: Pending | null = null;
   /** Earliest change not yet sent (`performance.now()`), or null. */
   changeSince: number | null = null;
   /** A response is owed even if empty (first request; R7: never leave a request unanswered). */
@@ -69,6 +71,12 @@ export class TypeState {
   /** A stable string for "did the subscription change". */
   subscriptionKey(): string {
     return `${this.wildcard ? '*' : ''}|${[...this.names].sort().join('\u0000')}`;
+  }
+
+  /** Give up waiting for the pending response's ACK; the next response's ACK covers it. */
+  supersede(): void {
+    if (this.pending !== null) this.superseded = this.pending;
+    this.pending = null;
   }
 
   noteChange(at: number): void {
