@@ -1,0 +1,24 @@
+/** The control plane's public surface (DESIGN.md §6). */
+export { ControlErrorCode } from './errors.js';
+export type { ControlErrorCodeValue } from './errors.js';
+export { Phase, PHASE_NAMES, decideEvent, isTerminal, phaseName, parsePhaseName } from './phases.js';
+export type { PhaseDecision, PhaseEventInput, RunPhaseState } from './phases.js';
+export { OPERATIONS, ROLES, ROLE_OPERATIONS, RbacGraph, describeScope } from './rbac.js';
+export type { Operation, Role, Principal, ResourceScope, Binding, Membership, Decision } from './rbac.js';
+export { LIMITS, URI_SCHEMES } from './metadata-limits.js';
+export { ControlService, userCaller, SYSTEM_SCHEDULER, taskDigest } from './service.js';
+export type { Caller, CreateRunInput, RegisterTaskInput, RegisterClusterInput, CreateScheduleInput, EventInput, SelectedCluster } from './service.js';
+export { Scheduler, scheduleRunId, fireTimes, nextFireTime } from './schedules.js';
+export { ControlServer } from './server.js';
+export type { ControlServerOptions } from './server.js';
+export { loadControlConfig, parseControlConfig, controlConfigSchema } from './config.js';
+export type { ControlConfig, ControlConfigInput } from './config.js';
+export { createAuthenticator } from './auth.js';
+export type { Authenticator, UserIssuerConfig } from './auth.js';
+export { API_SERVICES, apiMethods } from './api-handlers.js';
+export { CODE_TRAILER } from './grpc-api.js';
+export { SqliteStore } from './store/sqlite-store.js';
+export * from './store/repository.js';
+export { Keyring, KEK_ENV, loadKeyring, readKeyFile, writeKeyFile, newKek, keyringFromEnvValue } from './store/keyring.js';
+export { rotateKey } from './rotate-key.js';
+export type { RotateKeyOptions, RotateKeyResult } from './rotate-key.js';

@@ -1,0 +1,208 @@
+/**
+ * `tether control`: the store, the service, the scheduler, and the API on gRPC and JSON/HTTP.
+ * When the KEK comes from a key file, the file is re-read periodically, so a key added or
+ * promoted by `tether control rotate-key` is picked up without a restart.
+ */
+import { readFile } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import { ServerCredentials } from '@grpc/grpc-js';
+import type { Server as GrpcServer } from '@grpc/grpc-js';
+import type { JSONWebKeySet } from 'jose';
+import type { Registry } from 'prom-client';
+import { getErrorMessage, TetherError } from '../common/errors.js';
+import { once } from '../common/lifecycle.js';
+import type { Closable } from '../common/lifecycle.js';
+import { createLogger } from '../common/log.js';
+import type { Logger } from '../common/log.js';
+import { createRegistry } from '../common/metrics.js';
+import { INVALID_OPTIONS } from '../common/options.js';
+import { createDispatch } from './api-dispatch.js';
+import { apiMethods } from './api-handlers.js';
+import { createAuthenticator } from './auth.js';
+import type { Authenticator, UserIssuerConfig } from './auth.js';
+import type { ControlConfig } from './config.js';
+import { bindGrpc, createGrpcApi } from './grpc-api.js';
+import { createHttpApi } from './http-api.js';
+import type { HttpApi } from './http-api.js';
+import { Scheduler } from './schedules.js';
+import { ControlService } from './service.js';
+import { loadKeyring, readKeyFile } from './store/keyring.js';
+import type { Keyring } from './store/keyring.js';
+import { SqliteStore } from './store/sqlite-store.js';
+
+export interface ControlServerOptions {
+  logger?: Logger;
+  env?: NodeJS.ProcessEnv;
+  now?: () => number;
+}
+
+async function issuerConfigs(config: ControlConfig): Promise<UserIssuerConfig[]> {
+  const issuers: UserIssuerConfig[] = [];
+  for (const entry of config.auth.issuers) {
+    let jwks: JSONWebKeySet | undefined;
+    if (entry.jwksFile !== undefined) {
+      try {
+        jwks = JSON.parse(await readFile(entry.jwksFile, 'utf8')) as JSONWebKeySet;
+      } catch (reason) {
+        throw new TetherError(INVALID_OPTIONS, `control.auth.issuers: cannot read JWKS ${entry.jwksFile}: ${getErrorMessage(reason)}`);
+      }
+    }
+    issuers.push({ issuer: entry.issuer, audience: entry.audience, groupsClaim: entry.groupsClaim, jwks, algorithms: entry.algorithms });
+  }
+  return issuers;
+}
+
+export class ControlServer implements Closable {
+  readonly service: ControlService;
+  readonly store: SqliteStore;
+  readonly metrics: Registry;
+  readonly authenticator: Authenticator;
+  readonly #logger: Logger;
+  readonly #grpc: GrpcServer;
+  readonly #http: HttpApi | null;
+  readonly #scheduler: Scheduler | null;
+  readonly #keyring: Keyring;
+  readonly #keyFile: string | undefined;
+  #keyTimer: NodeJS.Timeout | null = null;
+  #grpcPort = 0;
+  #httpPort = 0;
+
+  private constructor(parts: {
+    service: ControlService; store: SqliteStore; metrics: Registry; authenticator: Authenticator; logger: Logger; grpc: GrpcServer; http: HttpApi | null; scheduler: Scheduler | null; keyring: Keyring; keyFile: string | undefined;
+  }) {
+    this.service = parts.service;
+    this.store = parts.store;
+    this.metrics = parts.metrics;
+    this.authenticator = parts.authenticator;
+    this.#logger = parts.logger;
+    this.#grpc = parts.grpc;
+    this.#http = parts.http;
+    this.#scheduler = parts.scheduler;
+    this.#keyring = parts.keyring;
+    this.#keyFile = parts.keyFile;
+  }
+
+  static async start(config: ControlConfig, options: ControlServerOptions = {}): Promise<ControlServer> {
+    const logger = options.logger ?? createLogger('control');
+    const keyring = await loadKeyring({ keyFile: config.store.keyFile, env: options.env });
+    const store = SqliteStore.open({ path: config.store.path, keyring });
+    const metrics = createRegistry();
+    let scheduler: Scheduler | null = null;
+    const service = new ControlService({ store, allowFileUris: config.allowFileUris, logger, now: options.now, onSchedulesChanged: () => scheduler?.poke() });
+    try {
+      await service.ensureAdmins(config.org, config.bootstrapAdmins);
+      const authenticator = createAuthenticator(await issuerConfigs(config));
+      const methods = apiMethods(service);
+      const dispatch = createDispatch({ service, authenticator, logger, metrics });
+      const grpc = createGrpcApi(methods, dispatch);
+      const grpcTls = config.grpc.tls === undefined ? undefined : { cert: await readFile(config.grpc.tls.cert), key: await readFile(config.grpc.tls.key) };
+      const credentials = grpcTls === undefined ? ServerCredentials.createInsecure() : ServerCredentials.createSsl(null, [{ cert_chain: grpcTls.cert, private_key: grpcTls.key }], false);
+      const http = config.http.enabled
+        ? createHttpApi(methods, dispatch, config.http.tls === undefined ? {} : { tls: { cert: await readFile(config.http.tls.cert, 'utf8'), key: await readFile(config.http.tls.key, 'utf8') } })
+        : null;
+      if (config.scheduler.enabled) scheduler = new Scheduler({ host: service, logger, maxWaitMs: config.scheduler.maxWaitMs, now: options.now });
+      const server = new ControlServer({ service, store, metrics, authenticator, logger, grpc, http, scheduler, keyring, keyFile: config.store.keyFile });
+      try {
+        server.#grpcPort = await bindGrpc(grpc, config.grpc.host, config.grpc.port, credentials);
+        if (http !== null) server.#httpPort = await server.#listenHttp(http, config.http.host, config.http.port);
+        if (scheduler !== null) await scheduler.start();
+        if (config.store.keyFile !== undefined) server.#watchKeyFile(config.store.keyReloadMs);
+      } catch (reason) {
+        await server.close();
+        throw reason;
+      }
+      logger.info({ grpcPort: server.#grpcPort, httpPort: server.#httpPort }, 'control plane listening');
+      return server;
+    } catch (reason) {
+      await store.close();
+      throw reason;
+    }
+  }
+
+  async #listenHttp(http: HttpApi, host: string, port: number): Promise<number> {
+    await new Promise<void>((resolve, reject) => {
+      http.server.once('error', reject);
+      http.server.listen(port, host, () => {
+        http.server.off('error', reject);
+        resolve();
+      });
+    });
+    return (http.server.address() as AddressInfo).port;
+  }
+
+  #watchKeyFile(intervalMs: number): void {
+    const reload = async (): Promise<void> => {
+      if (this.#keyFile === undefined) return;
+      try {
+        const fresh = await readKeyFile(this.#keyFile);
+        const same = fresh.primaryId === this.#keyring.primaryId && fresh.ids.join() === this.#keyring.ids.join();
+        if (!same) {
+          this.#keyring.replaceWith(fresh);
+          this.#logger.info({ primary: fresh.primaryId, keys: fresh.ids }, 'key file reloaded');
+        }
+      } catch (reason) {
+        this.#logger.error({ err: reason }, 'key file reload failed; keeping the current keys');
+      }
+    };
+    this.#keyTimer = setInterval(() => void reload(), intervalMs);
+  }
+
+  /** Re-read the key file now (also done every `keyReloadMs`). */
+  async reloadKeys(): Promise<void> {
+    if (this.#keyFile === undefined) return;
+    this.#keyring.replaceWith(await readKeyFile(this.#keyFile));
+  }
+
+  get grpcPort(): number {
+    return this.#grpcPort;
+  }
+
+  get httpPort(): number {
+    return this.#httpPort;
+  }
+
+  readonly drain = (graceMs = 5_000): Promise<void> => this.#drainOnce(graceMs);
+  #drainPromise: Promise<void> | null = null;
+
+  #drainOnce(graceMs: number): Promise<void> {
+    this.#drainPromise ??= (async () => {
+      this.#stopTimers();
+      await this.#scheduler?.close();
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, graceMs);
+      });
+      const grpcDone = new Promise<void>((resolve) => this.#grpc.tryShutdown(() => resolve()));
+      const httpDone =
+        this.#http === null
+          ? Promise.resolve()
+          : new Promise<void>((resolve) => {
+              this.#http!.server.close(() => resolve());
+              this.#http!.server.closeIdleConnections();
+            });
+      await Promise.race([Promise.all([grpcDone, httpDone]), deadline]);
+      clearTimeout(timer);
+      await this.close();
+    })();
+    return this.#drainPromise;
+  }
+
+  #stopTimers(): void {
+    if (this.#keyTimer !== null) clearInterval(this.#keyTimer);
+    this.#keyTimer = null;
+  }
+
+  readonly close = once(async () => {
+    this.#stopTimers();
+    await this.#scheduler?.close();
+    this.#grpc.forceShutdown();
+    if (this.#http !== null) {
+      for (const socket of this.#http.sockets) socket.destroy();
+      await new Promise<void>((resolve) => {
+        if (!this.#http!.server.listening) resolve();
+        else this.#http!.server.close(() => resolve());
+      });
+    }
+    await this.store.close();
+  });
+}
