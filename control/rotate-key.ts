@@ -49,7 +49,7 @@ export async function rotateKey(options: RotateKeyOptions): Promise<RotateKeyRes
   } else {
     ring = await loadKeyring({ keyFile: options.keyFile, env: options.env });
   }
-  const store = SqliteStore.open({ path: options.storePath, keyring: ring });
+  const store = SqliteStore.open({ path: options.storePath, keyring: ring, prepareKeys: false });
   try {
     let rewrapped = await store.rewrapAll(options.batchSize);
     const retired: string[] = [];

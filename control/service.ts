@@ -345,12 +345,23 @@ export class ControlService {
 
   // ---- runs
 
-  async #buildRun(caller: Caller, input: CreateRunInput, scope: Scope, extra: { id?: string; scheduleId?: string; fireTime?: number } = {}): Promise<RunRecord> {
+  async #buildRun(
+    caller: Caller,
+    input: CreateRunInput,
+    scope: Scope,
+    extra: { id?: string; scheduleId?: string; fireTime?: number } = {},
+    /** Lookups already made in this batch (task exists; cluster by requested id). */
+    seen: Map<string, Promise<unknown>> = new Map(),
+  ): Promise<RunRecord> {
     const taskName = checkName('taskName', input.taskName);
     const taskVersion = checkName('taskVersion', input.taskVersion);
-    const task = await this.store.getTask(scope, taskName, taskVersion);
+    const taskKey = `task\0${taskName}\0${taskVersion}`;
+    if (!seen.has(taskKey)) seen.set(taskKey, this.store.getTask(scope, taskName, taskVersion));
+    const task = (await seen.get(taskKey)) as TaskRecord | undefined;
     if (task === undefined) throw notFound(`task ${taskName} version ${taskVersion}`);
-    const cluster = await this.#resolveCluster(scope.org, input.clusterId);
+    const clusterKey = `cluster\0${input.clusterId ?? ''}`;
+    if (!seen.has(clusterKey)) seen.set(clusterKey, this.#resolveCluster(scope.org, input.clusterId));
+    const cluster = (await seen.get(clusterKey)) as ClusterRecord;
     const now = this.#now();
     return {
       id: extra.id ?? (input.runId !== undefined && input.runId !== '' ? checkName('runId', input.runId) : `r${randomBytes(10).toString('hex')}`),
@@ -395,7 +406,8 @@ export class ControlService {
     if (inputs.length > LIMITS.listEntries * 8) throw new TetherError(ControlErrorCode.METADATA_FIELD_TOO_LARGE, `at most ${LIMITS.listEntries * 8} runs per batch`);
     return this.#call(caller, 'run.create', scope, inputs.length === 1 ? `run/${inputs[0]!.runId ?? ''}` : `runs(${inputs.length})`, async () => {
       const runs: RunRecord[] = [];
-      for (const input of inputs) runs.push(await this.#buildRun(caller, input, scope));
+      const seen = new Map<string, Promise<unknown>>();
+      for (const input of inputs) runs.push(await this.#buildRun(caller, input, scope, {}, seen));
       await this.store.insertRuns(runs, 'all-or-nothing');
       return runs;
     });
@@ -535,6 +547,7 @@ export class ControlService {
         const times = fireTimes(schedule, after, now, this.#maxCatchUp);
         if (times.length > 0) {
           const runs: RunRecord[] = [];
+          const seen = new Map<string, Promise<unknown>>();
           for (const fireTime of times) {
             runs.push(
               await this.#buildRun(
@@ -542,6 +555,7 @@ export class ControlService {
                 { ...schedule, inputs: schedule.spec.inputs, outputPrefix: schedule.spec.outputPrefix, env: schedule.spec.env, labels: { schedule: schedule.id, fireTime: new Date(fireTime).toISOString() } },
                 schedule,
                 { id: scheduleRunId(schedule.id, fireTime), scheduleId: schedule.id, fireTime },
+                seen,
               ),
             );
           }

@@ -45,6 +45,11 @@ export interface SqliteStoreOptions {
   keyring: Keyring;
   busyTimeoutMs?: number;
   envelope?: EnvelopeOptions;
+  /**
+   * Make this process's data keys at open (default). Maintenance tools that only re-wrap
+   * (rotate-key) pass false and make none; keys are then made before the first write.
+   */
+  prepareKeys?: boolean;
 }
 
 function encodeToken(value: unknown[]): string {
@@ -79,6 +84,7 @@ export class SqliteStore implements ControlRepository {
   readonly envelope: Envelope;
   readonly #statements = new Map<string, Statement>();
   #closed = false;
+  #prepared = false;
 
   private constructor(db: Database, envelope: Envelope) {
     this.db = db;
@@ -89,9 +95,9 @@ export class SqliteStore implements ControlRepository {
     const db = openDatabase(options.path, { busyTimeoutMs: options.busyTimeoutMs });
     try {
       migrate(db);
-      const envelope = new Envelope(db, options.keyring, options.envelope);
-      envelope.prepare(SEALED_TABLES);
-      return new SqliteStore(db, envelope);
+      const store = new SqliteStore(db, new Envelope(db, options.keyring, options.envelope));
+      if (options.prepareKeys !== false) store.#prepareKeys();
+      return store;
     } catch (reason) {
       db.close();
       throw reason;
@@ -107,10 +113,19 @@ export class SqliteStore implements ControlRepository {
     return statement;
   }
 
-  /** Before a write: replace used-up data keys, outside any transaction. */
-  #beforeWrite(): void {
+  #prepareKeys(): void {
+    this.envelope.prepare(SEALED_TABLES);
+    this.#prepared = true;
+  }
+
+  #checkOpen(): void {
     if (this.#closed) throw new TetherError('CONTROL_STORE_CLOSED', 'store is closed');
-    if (this.envelope.needsPrepare) this.envelope.prepare(SEALED_TABLES);
+  }
+
+  /** Before a write: make or replace used-up data keys, outside any transaction. */
+  #beforeWrite(): void {
+    this.#checkOpen();
+    if (!this.#prepared || this.envelope.needsPrepare) this.#prepareKeys();
   }
 
   #seal(table: SealedTable, key: string, column: string, value: unknown): Buffer {
@@ -509,7 +524,7 @@ export class SqliteStore implements ControlRepository {
   async rewrapAll(batchSize = 256): Promise<number> {
     let total = 0;
     for (;;) {
-      this.#beforeWrite();
+      this.#checkOpen();
       const done = this.envelope.rewrapBatch(batchSize);
       total += done;
       if (done === 0) return total;
