@@ -11,7 +11,9 @@ import type { ApiMethod } from './api-handlers.js';
 import { isClientError } from './api-status.js';
 import type { Authenticator } from './auth.js';
 import { ControlErrorCode } from './errors.js';
-import type { ControlService } from './service.js';
+import type { Caller, ControlService } from './service.js';
+
+const ANONYMOUS: Caller = { subject: 'anonymous', groups: [], name: 'anonymous' };
 
 export interface DispatchContext {
   service: ControlService;
@@ -30,9 +32,9 @@ export function createDispatch(context: DispatchContext): Dispatch {
     registers: [context.metrics],
   });
   return async (method, request, authorization) => {
-    let caller;
+    let caller: Caller = ANONYMOUS;
     try {
-      caller = await context.authenticator.authenticate(authorization);
+      if (!method.public) caller = await context.authenticator.authenticate(authorization);
     } catch (reason) {
       const error = TetherError.from(reason, ControlErrorCode.UNAUTHENTICATED);
       requests.inc({ method: method.name, code: error.code });

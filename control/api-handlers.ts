@@ -7,19 +7,22 @@ import { create } from '@bufbuild/protobuf';
 import type { DescMessage, DescMethod, DescMethodUnary, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
 import { timestampFromMs, timestampMs } from '@bufbuild/protobuf/wkt';
 import type { Timestamp } from '@bufbuild/protobuf/wkt';
-import { TetherError } from '../common/errors.js';
+import { isTetherError, TetherError } from '../common/errors.js';
+import type { IdentityExchange } from '../certs/identity-exchange.js';
 import { ControlErrorCode } from './errors.js';
 import * as pb from './gen/tether/control/v1/control_pb.js';
 import type { Phase } from './phases.js';
 import type { Caller, ControlService, CreateRunInput } from './service.js';
 import type { ClusterMode, ClusterRecord, PhaseEventRecord, RbacEntry, RunError, RunRecord, ScheduleRecord, Scope, TaskRecord } from './store/repository.js';
 
-export const API_SERVICES = [pb.ClusterService, pb.TaskService, pb.RunService, pb.ScheduleService, pb.AccessService, pb.AuditService] as const;
+export const API_SERVICES = [pb.ClusterService, pb.TaskService, pb.RunService, pb.ScheduleService, pb.AccessService, pb.AuditService, pb.IdentityService] as const;
 
 export interface ApiMethod {
   method: DescMethod;
   /** The audit/metrics name, e.g. `RunService.CreateRun`. */
   name: string;
+  /** Takes no bearer token (the request carries its own credential, e.g. a workload token). */
+  public: boolean;
   handle(request: unknown, caller: Caller): Promise<unknown>;
 }
 
@@ -147,15 +150,22 @@ function createRunInput(request: pb.CreateRunRequest): CreateRunInput {
   };
 }
 
-export function apiMethods(service: ControlService): Map<string, ApiMethod> {
+export interface ApiOptions {
+  /** Serves IdentityService.ExchangeToken; without it the call answers IDENTITY_EXCHANGE_DISABLED. */
+  identity?: IdentityExchange;
+}
+
+export function apiMethods(service: ControlService, options: ApiOptions = {}): Map<string, ApiMethod> {
   const methods = new Map<string, ApiMethod>();
   function unary<I extends DescMessage, O extends DescMessage>(
     method: DescMethodUnary<I, O>,
     fn: (request: MessageShape<I>, caller: Caller) => Promise<MessageInitShape<O>>,
+    isPublic = false,
   ): void {
     methods.set(`/${method.parent.typeName}/${method.name}`, {
       method,
       name: `${method.parent.name}.${method.name}`,
+      public: isPublic,
       handle: async (request, caller) => create(method.output, await fn(request as MessageShape<I>, caller)),
     });
   }
@@ -264,5 +274,30 @@ export function apiMethods(service: ControlService): Map<string, ApiMethod> {
     const page = await service.listAudit(caller, request.org, { principal: request.principal, operation: request.operation }, request.limit, request.pageToken);
     return { records: page.items.map((record) => ({ seq: String(record.seq), at: ts(record.at), principal: record.principal, operation: record.operation, resource: record.resource, result: record.result })), nextPageToken: page.nextPageToken };
   });
+  unary(
+    pb.IdentityService.method.exchangeToken,
+    async (request) => {
+      const principal = `workload:${request.clusterId.slice(0, 128)}/${request.agentId.slice(0, 128)}`;
+      let result = 'OK';
+      try {
+        if (options.identity === undefined) throw new TetherError(ControlErrorCode.IDENTITY_EXCHANGE_DISABLED, 'this control plane has no CA configured (identity.caDir)');
+        const issued = await options.identity.exchange({ token: request.token, csrPem: request.csrPem, clusterId: request.clusterId, agentId: request.agentId });
+        return {
+          certificateChainPem: issued.chainPem,
+          trustBundlePem: issued.trustBundlePem,
+          spiffeId: issued.spiffeId,
+          serialNumber: issued.serialNumber,
+          notBefore: timestampFromMs(issued.notBefore.getTime()),
+          notAfter: timestampFromMs(issued.notAfter.getTime()),
+        };
+      } catch (reason) {
+        result = isTetherError(reason) ? reason.code : 'INTERNAL';
+        throw reason;
+      } finally {
+        await service.audit({ principal, operation: 'identity.exchange', resource: `cluster/${request.clusterId.slice(0, 128)}`, result });
+      }
+    },
+    true,
+  );
   return methods;
 }

@@ -27,15 +27,32 @@ const TABLE: Record<string, [grpc: status, http: number]> = {
   INVALID_OPTIONS: [status.INVALID_ARGUMENT, 400],
 };
 
+Object.assign(TABLE, {
+  [C.IDENTITY_EXCHANGE_DISABLED]: [status.UNIMPLEMENTED, 501],
+  EXCHANGE_BAD_REQUEST: [status.INVALID_ARGUMENT, 400],
+  EXCHANGE_BAD_AGENT_ID: [status.INVALID_ARGUMENT, 400],
+  EXCHANGE_UNKNOWN_CLUSTER: [status.NOT_FOUND, 404],
+});
+
+/** Families by prefix: the token verifier's refusals, the CSR checks. */
+const PREFIXES: Array<[string, [status, number]]> = [
+  ['TOKEN_', [status.UNAUTHENTICATED, 401]],
+  ['CSR_', [status.INVALID_ARGUMENT, 400]],
+];
+
+function entryFor(code: string): [status, number] | undefined {
+  return TABLE[code] ?? PREFIXES.find(([prefix]) => code.startsWith(prefix))?.[1];
+}
+
 export function grpcStatusFor(code: string): status {
-  return TABLE[code]?.[0] ?? status.INTERNAL;
+  return entryFor(code)?.[0] ?? status.INTERNAL;
 }
 
 export function httpStatusFor(code: string): number {
-  return TABLE[code]?.[1] ?? 500;
+  return entryFor(code)?.[1] ?? 500;
 }
 
 /** Errors whose message may be shown to the caller; anything else is answered "internal error". */
 export function isClientError(code: string): boolean {
-  return code in TABLE;
+  return entryFor(code) !== undefined;
 }

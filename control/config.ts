@@ -11,6 +11,7 @@
  *   issuers:
  *     - { issuer: "https://login.example.com", audience: tether }
  * bootstrapAdmins: [alice@example.com]
+ * identity: { caDir: ./ca }        # serve the workload identity exchange
  * ```
  */
 import { readFile } from 'node:fs/promises';
@@ -55,6 +56,8 @@ export const controlConfigSchema = z.object({
   }),
   /** Subjects granted org Admin at start (idempotent). */
   bootstrapAdmins: z.array(z.string().min(1)).default([]),
+  /** The workload identity exchange: the CA (`tether certs init` folder) that signs agents' certificates. */
+  identity: z.object({ caDir: z.string().min(1), certificateTtlMs: z.number().int().positive().optional() }).optional(),
   /** Accept file:// input/output URIs (dev only). */
   allowFileUris: z.boolean().default(false),
   scheduler: z.object({ enabled: z.boolean().default(true), maxWaitMs: z.number().int().min(100).default(30_000) }).default({ enabled: true, maxWaitMs: 30_000 }),
@@ -72,6 +75,7 @@ export function parseControlConfig(input: unknown, baseDir = process.cwd()): Con
     grpc: { ...config.grpc, tls: config.grpc.tls === undefined ? undefined : { cert: at(config.grpc.tls.cert), key: at(config.grpc.tls.key) } },
     http: { ...config.http, tls: config.http.tls === undefined ? undefined : { cert: at(config.http.tls.cert), key: at(config.http.tls.key) } },
     auth: { issuers: config.auth.issuers.map((issuer) => ({ ...issuer, jwksFile: issuer.jwksFile === undefined ? undefined : at(issuer.jwksFile) })) },
+    identity: config.identity === undefined ? undefined : { ...config.identity, caDir: at(config.identity.caDir) },
   };
 }
 

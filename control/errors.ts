@@ -50,6 +50,8 @@ export const ControlErrorCode = {
   SCHEDULE_INVALID: 'SCHEDULE_INVALID',
   /** No cluster was named and none could be chosen; or the named cluster is not registered. */
   CLUSTER_UNKNOWN: 'CLUSTER_UNKNOWN',
+  /** This control plane has no CA configured, so it does not exchange workload tokens. */
+  IDENTITY_EXCHANGE_DISABLED: 'IDENTITY_EXCHANGE_DISABLED',
   /** The request body is larger than the API accepts. */
   REQUEST_TOO_LARGE: 'CONTROL_REQUEST_TOO_LARGE',
 } as const;

@@ -9,6 +9,8 @@ import { ServerCredentials } from '@grpc/grpc-js';
 import type { Server as GrpcServer } from '@grpc/grpc-js';
 import type { JSONWebKeySet } from 'jose';
 import type { Registry } from 'prom-client';
+import { CertificateAuthority } from '../certs/certificate-authority.js';
+import { createIdentityExchange } from '../certs/identity-exchange.js';
 import { getErrorMessage, TetherError } from '../common/errors.js';
 import { once } from '../common/lifecycle.js';
 import type { Closable } from '../common/lifecycle.js';
@@ -22,6 +24,7 @@ import { createAuthenticator } from './auth.js';
 import type { Authenticator, UserIssuerConfig } from './auth.js';
 import type { ControlConfig } from './config.js';
 import { bindGrpc, createGrpcApi } from './grpc-api.js';
+import { storeClusterIdentities } from './identity.js';
 import { createHttpApi } from './http-api.js';
 import type { HttpApi } from './http-api.js';
 import { Scheduler } from './schedules.js';
@@ -31,6 +34,8 @@ import type { Keyring } from './store/keyring.js';
 import { SqliteStore } from './store/sqlite-store.js';
 
 export interface ControlServerOptions {
+  /** The CA for the identity exchange (else `identity.caDir` of the config, else none). */
+  ca?: CertificateAuthority;
   logger?: Logger;
   env?: NodeJS.ProcessEnv;
   now?: () => number;
@@ -92,7 +97,12 @@ export class ControlServer implements Closable {
     try {
       await service.ensureAdmins(config.org, config.bootstrapAdmins);
       const authenticator = createAuthenticator(await issuerConfigs(config));
-      const methods = apiMethods(service);
+      const ca = options.ca ?? (config.identity === undefined ? undefined : await CertificateAuthority.load(config.identity.caDir));
+      const identity =
+        ca === undefined
+          ? undefined
+          : createIdentityExchange({ ca, clusters: storeClusterIdentities(store), certificateTtlMs: config.identity?.certificateTtlMs, metrics, logger });
+      const methods = apiMethods(service, { identity });
       const dispatch = createDispatch({ service, authenticator, logger, metrics });
       const grpc = createGrpcApi(methods, dispatch);
       const grpcTls = config.grpc.tls === undefined ? undefined : { cert: await readFile(config.grpc.tls.cert), key: await readFile(config.grpc.tls.key) };

@@ -135,6 +135,19 @@ export function taskDigest(spec: TaskSpec): string {
   return createHash('sha256').update(canonical(spec)).digest('hex');
 }
 
+function checkJwks(text: string): string {
+  if (text === '') return text;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    parsed = null;
+  }
+  const keys = typeof parsed === 'object' && parsed !== null ? (parsed as { keys?: unknown }).keys : undefined;
+  if (!Array.isArray(keys) || keys.length === 0) throw new TetherError(ControlErrorCode.INVALID_ARGUMENT, 'jwksJson must be a JWKS: {"keys": [...]}');
+  return text;
+}
+
 function notFound(what: string): TetherError {
   return new TetherError(ControlErrorCode.NOT_FOUND, `${what} not found`);
 }
@@ -221,6 +234,11 @@ export class ControlService {
     }
   }
 
+  /** Append one audit record (calls that are not ControlService operations, e.g. the identity exchange). */
+  async audit(entry: { principal: string; operation: string; resource: string; result: string }): Promise<void> {
+    await this.store.appendAudit([{ at: this.#now(), ...entry }]);
+  }
+
   /** Record a call refused before it reached an operation (e.g. no valid token). */
   async auditRefusal(principal: string, operation: string, code: string): Promise<void> {
     await this.store.appendAudit([{ at: this.#now(), principal, operation, resource: '', result: code }]);
@@ -295,7 +313,7 @@ export class ControlService {
           issuer: checkText('issuer', input.issuer),
           audience: checkText('audience', input.audience, LIMITS.name * 2),
           allowedSubjects: checkList('allowedSubjects', input.allowedSubjects, LIMITS.text),
-          jwksJson: checkText('jwksJson', input.jwksJson ?? '', LIMITS.message * 2),
+          jwksJson: checkJwks(checkText('jwksJson', input.jwksJson ?? '', LIMITS.message * 2)),
         },
         createdAt: existing?.createdAt ?? now,
         updatedAt: now,

@@ -142,6 +142,8 @@ test.serial('JSON over HTTP: authenticated, authorised and audited calls; refusa
   t.like(await http('/tether.control.v1.RunService/AbortRun', { runId: run.id }, bob), { status: 403 });
   t.like(await http('/tether.control.v1.AccessService/WhoAmI', { scope: SCOPE }, bob), { status: 200, json: { subject: 'bob', roles: ['Viewer'] } });
 
+  // No CA configured here: the identity exchange is off, and says so.
+  t.like(await http('/tether.control.v1.IdentityService/ExchangeToken', { token: 'x', csrPem: 'y', clusterId: 'c1', agentId: 'a1' }), { status: 501, json: { code: 'IDENTITY_EXCHANGE_DISABLED' } });
   const audit = await http('/tether.control.v1.AuditService/ListAudit', { org: 'acme', limit: 200 }, alice);
   const records = audit.json.records as Array<{ principal: string; operation: string; result: string }>;
   t.truthy(records.find((r) => r.principal === 'anonymous' && r.operation === 'RunService.ListRuns' && r.result === 'CONTROL_UNAUTHENTICATED'));
