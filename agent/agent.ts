@@ -4,6 +4,7 @@
  * jittered backoff honouring server retry delays, and forwards the gateway's streams upstream.
  * It opens no listening socket except the optional admin server (metrics, health) on a local address.
  */
+import { EventEmitter } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import { AdminServer, type Readiness } from '../common/admin-server.js';
@@ -28,8 +29,18 @@ export interface AgentOptions extends AgentConfigInput {
   registry?: Registry;
 }
 
+/** What `agent.events` emits: `live`, `closed`, `refused` and `failed`, each with an `AgentEvent`. */
+export interface AgentEvent {
+  address: string;
+  gatewayId: string | null;
+  /** The refusal or failure code (`CERT_EXPIRED`, `CLUSTER_NOT_REGISTERED`, `TUNNEL_PING_TIMEOUT`, …). */
+  code?: string;
+}
+
 export class Agent implements Closable {
   readonly config: AgentConfig;
+  /** Connection lifecycle events, for operators' hooks and tests. */
+  readonly events = new EventEmitter<Record<'live' | 'closed' | 'refused' | 'failed', [AgentEvent]>>();
   readonly metrics: AgentMetrics;
   private tls: TlsMaterial;
   private readonly logger: Logger;
@@ -171,6 +182,8 @@ export class Agent implements Closable {
       this.metrics.handshakes.inc({ result: kind, reason: error?.code ?? 'UNKNOWN' });
       this.logger.warn({ address: slot.address, code: error?.code, err: error?.rawMessage }, kind === 'refused' ? 'gateway refused the tunnel' : 'tunnel connection failed');
     }
+    const code = error?.code ?? slot.connection?.closeReason?.code;
+    this.events.emit(kind, { address: slot.address, gatewayId: slot.connection?.gatewayId ?? null, ...(code === undefined ? {} : { code }) });
     this.changed();
   }
 

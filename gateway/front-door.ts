@@ -61,7 +61,13 @@ export class FrontDoor {
     this.h2.on('session', (session: http2.ServerHttp2Session) => {
       this.sessions.add(session);
       session.once('close', () => this.sessions.delete(session));
-      session.on('error', (reason: unknown) => logger.debug({ err: reason }, 'client HTTP/2 session error'));
+      session.on('error', (reason: unknown) => {
+        logger.debug({ err: reason }, 'client HTTP/2 session error');
+        session.destroy();
+      });
+      // Also reaps sessions nghttp2 has given up on (after a connection error it sends GOAWAY but
+      // leaves the socket open).
+      session.setTimeout(config.clientIdleTimeoutMs, () => session.destroy());
       session.once('connect', () => session.setLocalWindowSize(limits.connectionWindowBytes));
     });
     this.h2.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, flags: number) => proxy.handleHttp2(stream, headers, flags));

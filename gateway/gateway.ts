@@ -135,6 +135,7 @@ export class Gateway implements Closable {
     for (const tunnel of this.tunnels.all()) {
       if (tunnel.serialNumber !== undefined && this.revoked.has(tunnel.serialNumber.toLowerCase())) {
         this.logger.warn({ cluster: tunnel.clusterId, agent: tunnel.agentId }, 'closing tunnel: certificate revoked');
+        this.tunnels.remove(tunnel);
         tunnel.session.destroy();
       }
     }

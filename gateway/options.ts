@@ -60,6 +60,8 @@ export const gatewayOptionsSchema = z.object({
     })
     .refine((l) => l.connectionWindowBytes > l.streamWindowBytes, { message: 'connectionWindowBytes must exceed streamWindowBytes' })
     .prefault({}),
+  /** An HTTP/2 client session with no activity for this long is closed. */
+  clientIdleTimeoutMs: z.number().int().min(1).default(120_000),
   /** Time allowed for response headers to come back through the tunnel (504 after it). */
   responseTimeoutMs: z.number().int().min(1).default(60_000),
   pingIntervalMs: z.number().int().min(10).default(5_000),
