@@ -61,11 +61,12 @@ export function clientStatusOf(session: StreamSession, view: Snapshot): ClientSt
     const names = new Set<string>(state.names);
     if (state.wildcard) {
       for (const name of byName.keys()) names.add(name);
-      for (const name of state.acked.keys()) names.add(name);
+      if (session.protocol === 'sotw') for (const name of state.sent.keys()) names.add(name);
+      else for (const [name, version] of state.known) if (version !== ABSENT) names.add(name);
     }
     for (const name of [...names].sort()) {
       const current = byName.get(name)?.version ?? '';
-      const acked = state.acked.get(name) ?? '';
+      const acked = state.ackedVersionOf(name, session.protocol);
       const nack = state.nacked.get(name);
       let status: ResourceStatus;
       let sync: SyncStatus;

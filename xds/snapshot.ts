@@ -95,7 +95,7 @@ export class Snapshot {
   /** `performance.now()` when built: the change time that convergence is measured from. */
   readonly createdAt: number;
 
-  constructor(resources: Map<string, Map<string, EncodedResource>>) {
+  constructor(resources: Map<string, ReadonlyMap<string, EncodedResource>>) {
     this.resources = resources;
     const versions = new Map<string, string>();
     for (const type of RESOURCE_TYPES) {
@@ -117,7 +117,7 @@ export class Snapshot {
    * object (and its bytes). Duplicate names within a type are refused (research/xds.md R3).
    */
   static build(input: SnapshotInput, previous?: Snapshot): Snapshot {
-    const resources = new Map<string, Map<string, EncodedResource>>();
+    const resources = new Map<string, ReadonlyMap<string, EncodedResource>>();
     for (const type of RESOURCE_TYPES) {
       const byName = new Map<string, EncodedResource>();
       const old = previous?.resources.get(type.typeUrl);
@@ -135,7 +135,10 @@ export class Snapshot {
         const reused = old?.get(name);
         byName.set(name, reused !== undefined && reused.version === version ? reused : new EncodedResource(type.typeUrl, name, version, message, value));
       }
-      resources.set(type.typeUrl, byName);
+      // An unchanged type keeps its map object: streams holding it compare by identity.
+      let unchanged = old !== undefined && old.size === byName.size;
+      if (unchanged) for (const [name, resource] of byName) if (old?.get(name) !== resource) unchanged = false;
+      resources.set(type.typeUrl, unchanged && old !== undefined ? old : byName);
     }
     return new Snapshot(resources);
   }

@@ -32,7 +32,7 @@ import { edsNameOf } from './references.js';
 import { RESOURCE_TYPES, TypeUrl, resourceTypeByUrl } from './resource-types.js';
 import type { ResourceType } from './resource-types.js';
 import type { EncodedResource, Snapshot } from './snapshot.js';
-import { ABSENT, TypeState } from './type-state.js';
+import { ABSENT, TypeState, internNames } from './type-state.js';
 import type { NackRecord } from './type-state.js';
 
 export type Protocol = 'sotw' | 'delta';
@@ -74,12 +74,17 @@ const INVALID_ARGUMENT = 3;
 
 interface SotwOut {
   resources: EncodedResource[];
-  full: Map<string, EncodedResource> | null;
+  /** Full-state types: the complete set the client will hold. */
+  full: ReadonlyMap<string, EncodedResource> | null;
+  /** Retired clusters kept for make-before-break: re-evaluate once routing converges. */
+  retained: boolean;
 }
 
 interface DeltaOut {
   resources: EncodedResource[];
   removed: string[];
+  /** Removals held back for make-before-break. */
+  retained: boolean;
 }
 
 let sessionCounter = 0;
@@ -161,15 +166,18 @@ export class StreamSession {
     if (type === null || type === 'invalid') return;
     const { state, first } = this.#state(type);
     const now = performance.now();
-    const before = state.subscriptionKey();
     const names = request.resourceNames;
     if (names.length > 0) state.explicit = true;
-    state.wildcard = names.includes('*') || (!state.explicit && type.legacyWildcard);
-    state.names.clear();
-    for (const name of names) if (name !== '*') state.names.add(name);
-    const changed = first || before !== state.subscriptionKey();
-    // Forget what left the subscription, so a later resubscribe is answered (U3).
-    for (const name of [...state.sent.keys()]) if (!state.interested(name)) state.sent.delete(name);
+    const wildcard = names.includes('*') || (!state.explicit && type.legacyWildcard);
+    const explicitNames = names.includes('*') ? names.filter((n) => n !== '*') : names;
+    const changed = first || wildcard !== state.wildcard || !sameNames(state.names, explicitNames);
+    if (changed) {
+      state.wildcard = wildcard;
+      state.names = internNames(explicitNames);
+      state.dirty = true;
+      // Forget what left the subscription, so a later resubscribe is answered (U3).
+      for (const name of state.sent.keys()) if (!state.interested(name)) state.sent.delete(name);
+    }
 
     const nonce = request.responseNonce;
     if (state.lastNonce !== '' && nonce !== state.lastNonce) {
@@ -183,10 +191,7 @@ export class StreamSession {
       // exactly this version's set, so nothing needs to be re-sent.
       const view = this.host.snapshotFor(this);
       if (request.versionInfo === view.version(type.typeUrl)) {
-        for (const [name, resource] of view.get(type.typeUrl)) {
-          state.sent.set(name, resource);
-          state.acked.set(name, resource.version);
-        }
+        state.sent.replace(view.get(type.typeUrl));
         state.ackedVersion = request.versionInfo;
         state.responded = true;
         return;
@@ -248,6 +253,7 @@ export class StreamSession {
       state.supersede();
     }
     if (changed) state.noteChange(now);
+    state.dirty = true;
     if (first && state.wildcard) state.forceRespond = true;
     this.#evaluateAll(now);
   }
@@ -257,6 +263,11 @@ export class StreamSession {
     const pending = state.pending;
     if (pending === null) return;
     state.pending = null;
+    // Routing converging may let retired clusters go (O1).
+    if (state.type.kind === 'listener' || state.type.kind === 'route') {
+      const clusters = this.states.get(TypeUrl.cluster);
+      if (clusters) clusters.dirty = true;
+    }
     state.lastUpdated = new Date();
     const label = state.type.kind;
     if (errorDetail !== undefined) {
@@ -280,13 +291,9 @@ export class StreamSession {
       return;
     }
     state.ackedVersion = this.protocol === 'sotw' ? clientVersion : pending.version;
-    for (const [name, version] of pending.versions) {
-      if (version === ABSENT) state.acked.delete(name);
-      else state.acked.set(name, version);
+    for (const name of pending.versions.keys()) {
+      state.prevAcked.delete(name);
       state.nacked.delete(name);
-    }
-    if (state.type.fullStateInSotw && this.protocol === 'sotw') {
-      for (const name of [...state.acked.keys()]) if (!pending.versions.has(name)) state.acked.delete(name);
     }
     this.host.metrics.acks.inc({ type: label });
     this.host.metrics.convergence.observe({ type: label }, (now - pending.changeTime) / 1000);
@@ -321,6 +328,7 @@ export class StreamSession {
       const state = this.states.get(url);
       if (!state) continue;
       if (state.pending !== null) return false;
+      if (!state.dirty && state.cleanVersion === view.version(url)) continue;
       const out = this.protocol === 'sotw' ? this.#computeSotw(state, view, false) : this.#computeDelta(state, view, false);
       if (out !== null) return false;
     }
@@ -330,21 +338,24 @@ export class StreamSession {
   #evaluate(state: TypeState, now: number): void {
     if (state.pending !== null || this.#gated(state)) return; // coalesce until ACK
     const view = this.host.snapshotFor(this);
-    if (this.protocol === 'sotw') {
-      const out = this.#computeSotw(state, view, true);
-      if (out === null) {
-        state.changeSince = null;
-        return;
-      }
-      this.#sendSotw(state, view, out, now);
-    } else {
-      const out = this.#computeDelta(state, view, true);
-      if (out === null) {
-        state.changeSince = null;
-        return;
-      }
-      this.#sendDelta(state, view, out, now);
+    const current = view.version(state.type.typeUrl);
+    if (!state.dirty && !state.forceRespond && state.cleanVersion === current) {
+      state.changeSince = null; // nothing of this type changed for this client
+      return;
     }
+    const out = this.protocol === 'sotw' ? this.#computeSotw(state, view, true) : this.#computeDelta(state, view, true);
+    if (out === null) {
+      state.changeSince = null;
+      state.cleanVersion = current;
+      state.dirty = state.heldBack; // retired clusters still held: routing convergence decides later
+      return;
+    }
+    // Once sent, the client holds everything this version has for it: clean, unless clusters
+    // were kept back for make-before-break (then routing's convergence will change the answer).
+    state.cleanVersion = current;
+    state.dirty = out.retained;
+    if ('full' in out) this.#sendSotw(state, view, out, now);
+    else this.#sendDelta(state, view, out, now);
   }
 
   #computeSotw(state: TypeState, view: Snapshot, allowForce: boolean): SotwOut | null {
@@ -352,19 +363,25 @@ export class StreamSession {
     const byName = view.get(type.typeUrl);
     const force = allowForce && state.forceRespond;
     if (type.fullStateInSotw) {
-      const desired = new Map<string, EncodedResource>();
-      if (state.wildcard) for (const [name, resource] of byName) desired.set(name, resource);
-      for (const name of state.names) {
-        const resource = byName.get(name);
-        if (resource) desired.set(name, resource);
+      const retain = this.ads && type.kind === 'cluster' && !this.#routingConverged(view);
+      state.heldBack = retain;
+      let desired: ReadonlyMap<string, EncodedResource>;
+      if (state.wildcard && !retain) {
+        desired = byName; // shared with every wildcard client
+      } else {
+        const built = new Map<string, EncodedResource>();
+        if (state.wildcard) for (const [name, resource] of byName) built.set(name, resource);
+        for (const name of state.names) {
+          const resource = byName.get(name);
+          if (resource) built.set(name, resource);
+        }
+        if (retain) for (const [name, resource] of state.sent) if (!built.has(name) && state.interested(name)) built.set(name, resource);
+        desired = built;
       }
-      if (this.ads && type.kind === 'cluster' && !this.#routingConverged(view)) {
-        for (const [name, resource] of state.sent) if (!desired.has(name) && state.interested(name)) desired.set(name, resource);
-      }
-      let same = desired.size === state.sent.size;
-      if (same) for (const [name, resource] of desired) if (state.sent.get(name)?.version !== resource.version) same = false;
+      let same = state.sent.isExactly(desired) || desired.size === state.sent.size;
+      if (same && !state.sent.isExactly(desired)) for (const [name, resource] of desired) if (state.sent.get(name)?.version !== resource.version) same = false;
       if (same && !force) return null;
-      return { resources: [...desired.values()], full: desired };
+      return { resources: [...desired.values()], full: desired, retained: retain };
     }
     const resources: EncodedResource[] = [];
     const consider = (name: string, resource: EncodedResource | undefined) => {
@@ -373,7 +390,7 @@ export class StreamSession {
     if (state.wildcard) for (const [name, resource] of byName) consider(name, resource);
     else for (const name of state.names) consider(name, byName.get(name));
     if (resources.length === 0 && !force) return null;
-    return { resources, full: null };
+    return { resources, full: null, retained: false };
   }
 
   #computeDelta(state: TypeState, view: Snapshot, allowForce: boolean): DeltaOut | null {
@@ -382,13 +399,17 @@ export class StreamSession {
     const resources: EncodedResource[] = [];
     const removed: string[] = [];
     const holdRemovals = this.ads && type.kind === 'cluster' && !this.#routingConverged(view);
+    let held = false;
     const consider = (name: string) => {
       const resource = byName.get(name);
       const known = state.known.get(name);
       if (resource !== undefined) {
         if (known !== resource.version) resources.push(resource);
       } else if (known !== ABSENT) {
-        if (holdRemovals && known !== undefined) return;
+        if (holdRemovals && known !== undefined) {
+          held = true;
+          return;
+        }
         if (known !== undefined || state.names.has(name)) removed.push(name);
       }
     };
@@ -399,13 +420,19 @@ export class StreamSession {
       for (const name of state.names) consider(name);
     }
     for (const name of state.forcedRemovals) if (!removed.includes(name)) removed.push(name);
+    state.heldBack = held;
     if (resources.length === 0 && removed.length === 0 && !(allowForce && state.forceRespond)) return null;
-    return { resources, removed };
+    return { resources, removed, retained: held };
   }
 
   #nextNonce(): string {
     this.#nonce += 1;
     return this.#nonce.toString(36);
+  }
+
+  /** Remember what the client runs until it ACKs the response about to replace it. */
+  #holdPrevious(state: TypeState, name: string, held: string | undefined): void {
+    if (!state.prevAcked.has(name)) state.prevAcked.set(name, held === undefined || held === ABSENT ? '' : held);
   }
 
   #sendSotw(state: TypeState, view: Snapshot, out: SotwOut, now: number): void {
@@ -419,15 +446,32 @@ export class StreamSession {
     writer.tag(5, WireType.LengthDelimited).string(nonce);
     const bytes = writer.finish();
 
+    // `versions`: the names whose held version this response changes (ABSENT = removed).
+    const versions = new Map<string, string>();
     const changedClusters: EncodedResource[] = [];
     if (out.full !== null) {
-      if (type.kind === 'cluster') for (const [name, resource] of out.full) if (state.sent.get(name)?.version !== resource.version) changedClusters.push(resource);
-      state.sent.clear();
-      for (const [name, resource] of out.full) state.sent.set(name, resource);
+      for (const [name, resource] of out.full) {
+        const held = state.sent.get(name);
+        if (held?.version === resource.version) continue;
+        versions.set(name, resource.version);
+        this.#holdPrevious(state, name, held?.version);
+        if (type.kind === 'cluster') changedClusters.push(resource);
+      }
+      for (const [name, held] of state.sent) {
+        if (out.full.has(name)) continue;
+        versions.set(name, ABSENT);
+        this.#holdPrevious(state, name, held.version);
+      }
+      state.sent.replace(out.full);
     } else {
-      for (const resource of out.resources) state.sent.set(resource.name, resource);
+      const shareable = view.get(type.typeUrl);
+      for (const resource of out.resources) {
+        versions.set(resource.name, resource.version);
+        this.#holdPrevious(state, resource.name, state.sent.get(resource.name)?.version);
+        state.sent.set(resource.name, resource, shareable);
+      }
     }
-    this.#recordSend(state, nonce, version, new Map(out.resources.map((r) => [r.name, r.version])), now, bytes.byteLength, out.resources.length);
+    this.#recordSend(state, nonce, version, versions, now, bytes.byteLength, out.resources.length);
     this.sink.write(bytes);
     this.#resendEndpointsOf(changedClusters);
   }
@@ -448,10 +492,12 @@ export class StreamSession {
     const versions = new Map<string, string>();
     for (const resource of out.resources) {
       if (type.kind === 'cluster') changedClusters.push(resource);
+      this.#holdPrevious(state, resource.name, state.known.get(resource.name));
       state.known.set(resource.name, resource.version);
       versions.set(resource.name, resource.version);
     }
     for (const name of out.removed) {
+      this.#holdPrevious(state, name, state.known.get(name));
       if (state.names.has(name)) state.known.set(name, ABSENT);
       else state.known.delete(name);
       versions.set(name, ABSENT);
@@ -467,7 +513,7 @@ export class StreamSession {
     const carried = state.superseded;
     let changeTime = state.changeSince ?? now;
     if (carried !== null) {
-      if (!state.type.fullStateInSotw || this.protocol === 'delta') for (const [name, v] of carried.versions) if (!versions.has(name)) versions.set(name, v);
+      for (const [name, v] of carried.versions) if (!versions.has(name)) versions.set(name, v);
       changeTime = Math.min(changeTime, carried.changeTime);
       state.superseded = null;
     }
@@ -491,8 +537,32 @@ export class StreamSession {
     for (const cluster of clusters) {
       const name = edsNameOf(cluster.message as Cluster);
       if (name === null) continue;
+      this.#holdPrevious(endpoints, name, this.protocol === 'sotw' ? endpoints.sent.get(name)?.version : endpoints.known.get(name));
       endpoints.sent.delete(name);
       endpoints.known.delete(name);
+      endpoints.dirty = true;
     }
   }
+}
+
+/** Same names (ignoring order and duplicates)? Linear, no sorting. */
+function sameNames(current: ReadonlySet<string>, next: string[]): boolean {
+  let count = 0;
+  const seen = next.length > current.size ? new Set<string>() : null;
+  for (const name of next) {
+    if (!current.has(name)) return false;
+    if (seen) {
+      if (!seen.has(name)) {
+        seen.add(name);
+        count += 1;
+      }
+    }
+  }
+  if (seen) return count === current.size;
+  // next.length <= current.size and every name is in current: equal iff equal length and no
+  // duplicates. Duplicates are checked for short lists only; for long ones (thousands of ACKs
+  // each carrying a thousand names) a client repeating a name while dropping another is
+  // taken as unchanged until its next request.
+  if (next.length !== current.size) return false;
+  return next.length > 64 || new Set(next).size === next.length;
 }

@@ -32,20 +32,126 @@ export interface NackRecord {
 /** Delta: a name the client was told does not exist. */
 export const ABSENT = '\u0000absent';
 
+const NO_RESOURCES: ReadonlyMap<string, EncodedResource> = new Map();
+
+/**
+ * What a SotW client holds, by name. Memory matters here (thousands of streams × thousands of
+ * names): the common case "the client holds exactly this snapshot's resources of the type" is a
+ * reference to the snapshot's own (immutable) map, shared by every such stream, plus a small
+ * private overlay of differences that is folded back in (and re-shared when it matches) as it grows.
+ */
+export class HeldResources {
+  #base: ReadonlyMap<string, EncodedResource> = NO_RESOURCES;
+  /** name → resource, or null for "removed from base". */
+  readonly #overlay = new Map<string, EncodedResource | null>();
+  #size = 0;
+
+  get size(): number {
+    return this.#size;
+  }
+
+  get(name: string): EncodedResource | undefined {
+    const over = this.#overlay.get(name);
+    if (over !== undefined) return over ?? undefined;
+    return this.#base.get(name);
+  }
+
+  /** True when this holds exactly `map` (by identity of the shared map, no overlay). */
+  isExactly(map: ReadonlyMap<string, EncodedResource>): boolean {
+    return this.#base === map && this.#overlay.size === 0;
+  }
+
+  set(name: string, resource: EncodedResource, shareable?: ReadonlyMap<string, EncodedResource>): void {
+    if (this.get(name) === undefined) this.#size += 1;
+    if (this.#base.get(name) === resource) this.#overlay.delete(name);
+    else this.#overlay.set(name, resource);
+    this.#maybeCompact(shareable);
+  }
+
+  delete(name: string): void {
+    if (this.get(name) === undefined) return;
+    this.#size -= 1;
+    if (this.#base.has(name)) this.#overlay.set(name, null);
+    else this.#overlay.delete(name);
+  }
+
+  /** Hold exactly `map` (shared, never mutated here). */
+  replace(map: ReadonlyMap<string, EncodedResource>): void {
+    this.#base = map;
+    this.#overlay.clear();
+    this.#size = map.size;
+  }
+
+  *entries(): IterableIterator<[string, EncodedResource]> {
+    for (const [name, resource] of this.#base) if (!this.#overlay.has(name)) yield [name, resource];
+    for (const [name, resource] of this.#overlay) if (resource !== null) yield [name, resource];
+  }
+
+  keys(): string[] {
+    return [...this.entries()].map(([name]) => name);
+  }
+
+  [Symbol.iterator](): IterableIterator<[string, EncodedResource]> {
+    return this.entries();
+  }
+
+  #maybeCompact(shareable?: ReadonlyMap<string, EncodedResource>): void {
+    if (this.#overlay.size < 64 || this.#overlay.size * 2 < this.#base.size) return;
+    if (shareable !== undefined && shareable.size === this.#size) {
+      let same = true;
+      for (const [name, resource] of shareable) {
+        if (this.get(name) !== resource) {
+          same = false;
+          break;
+        }
+      }
+      if (same) {
+        this.replace(shareable);
+        return;
+      }
+    }
+    const merged = new Map(this.entries());
+    this.replace(merged);
+  }
+}
+
+const INTERNED = new Map<string, Set<string>>();
+const INTERN_MIN = 32;
+const INTERN_MAX_ENTRIES = 256;
+
+/**
+ * One shared (never mutated) Set per distinct long name list: thousands of clients subscribing to
+ * the same thousand names share one Set and its strings.
+ */
+export function internNames(names: string[]): Set<string> {
+  if (names.length < INTERN_MIN) return new Set(names);
+  const key = names.join('\u0000');
+  const found = INTERNED.get(key);
+  if (found) return found;
+  if (INTERNED.size >= INTERN_MAX_ENTRIES) INTERNED.clear();
+  const set = new Set(names);
+  INTERNED.set(key, set);
+  return set;
+}
+
 export class TypeState {
   /** Subscribed to everything (explicit "*" or legacy empty list, W1). */
   wildcard = false;
   /** The client has sent a non-empty name list for this type on this stream (W1). */
   explicit = false;
-  readonly names = new Set<string>();
+  /** Subscribed names. SotW replaces it wholesale (it may be shared, see internNames); Delta owns and mutates its own. */
+  names = new Set<string>();
   /** SotW: what the client holds from us, by name. */
-  readonly sent = new Map<string, EncodedResource>();
+  readonly sent = new HeldResources();
   /** Delta: name → version the client holds (or ABSENT when told it does not exist). */
   readonly known = new Map<string, string>();
   /** Delta: names to report in removed_resources on the next response (W3). */
   readonly forcedRemovals = new Set<string>();
-  /** Name → version the client ACKed. */
-  readonly acked = new Map<string, string>();
+  /**
+   * For names whose latest sent version is not (yet) ACKed: the version the client still runs
+   * ('' for none). Everything else the client runs what `sent`/`known` say.
+   */
+  readonly prevAcked = new Map<string, string>();
   /** Name → the NACK that rejected its latest sent version (cleared by a later ACK). */
   readonly nacked = new Map<string, NackRecord>();
   lastNonce = '';
@@ -63,6 +169,21 @@ export class TypeState {
   lastUpdated = new Date();
 
   constructor(readonly type: ResourceType) {}
+
+  /** Nothing changed since the last evaluation found nothing to send for `cleanVersion`. */
+  dirty = true;
+  cleanVersion: string | null = null;
+  /** The last evaluation kept retired clusters back (make-before-break, O1). */
+  heldBack = false;
+
+  /** The version of `name` the client runs (as far as its ACKs tell), '' if none. */
+  ackedVersionOf(name: string, protocol: 'sotw' | 'delta'): string {
+    const previous = this.prevAcked.get(name);
+    if (previous !== undefined) return previous;
+    if (protocol === 'sotw') return this.sent.get(name)?.version ?? '';
+    const known = this.known.get(name);
+    return known === undefined || known === ABSENT ? '' : known;
+  }
 
   interested(name: string): boolean {
     return this.wildcard || this.names.has(name);
