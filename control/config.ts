@@ -58,6 +58,22 @@ export const controlConfigSchema = z.object({
   bootstrapAdmins: z.array(z.string().min(1)).default([]),
   /** The workload identity exchange: the CA (`tether certs init` folder) that signs agents' certificates. */
   identity: z.object({ caDir: z.string().min(1), certificateTtlMs: z.number().int().positive().optional() }).optional(),
+  /**
+   * The agents' channel listener: mutual TLS, client certificates from the identity CA. Needs
+   * `identity`. Without `tls`, a server certificate for `host` (and `dnsNames`) is issued from that CA.
+   */
+  agents: z
+    .object({
+      host: z.string().default('127.0.0.1'),
+      port: z.number().int().min(0).max(65535).default(7444),
+      tls: tlsSchema.optional(),
+      dnsNames: z.array(z.string()).default(['localhost']),
+      heartbeatIntervalMs: z.number().int().min(100).default(10_000),
+      leaseMs: z.number().int().min(100).default(30_000),
+      pollMs: z.number().int().min(50).default(2_000),
+      capacity: z.number().int().min(1).default(4),
+    })
+    .optional(),
   /** Accept file:// input/output URIs (dev only). */
   allowFileUris: z.boolean().default(false),
   scheduler: z.object({ enabled: z.boolean().default(true), maxWaitMs: z.number().int().min(100).default(30_000) }).default({ enabled: true, maxWaitMs: 30_000 }),
@@ -76,6 +92,7 @@ export function parseControlConfig(input: unknown, baseDir = process.cwd()): Con
     http: { ...config.http, tls: config.http.tls === undefined ? undefined : { cert: at(config.http.tls.cert), key: at(config.http.tls.key) } },
     auth: { issuers: config.auth.issuers.map((issuer) => ({ ...issuer, jwksFile: issuer.jwksFile === undefined ? undefined : at(issuer.jwksFile) })) },
     identity: config.identity === undefined ? undefined : { ...config.identity, caDir: at(config.identity.caDir) },
+    agents: config.agents === undefined ? undefined : { ...config.agents, tls: config.agents.tls === undefined ? undefined : { cert: at(config.agents.tls.cert), key: at(config.agents.tls.key) } },
   };
 }
 

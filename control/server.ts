@@ -4,9 +4,10 @@
  * promoted by `tether control rotate-key` is picked up without a restart.
  */
 import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { ServerCredentials } from '@grpc/grpc-js';
-import type { Server as GrpcServer } from '@grpc/grpc-js';
+import { Server as GrpcServerClass, ServerCredentials } from '@grpc/grpc-js';
+import type { Server as GrpcServer, ServerDuplexStream, UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { JSONWebKeySet } from 'jose';
 import type { Registry } from 'prom-client';
 import { CertificateAuthority } from '../certs/certificate-authority.js';
@@ -18,11 +19,14 @@ import { createLogger } from '../common/log.js';
 import type { Logger } from '../common/log.js';
 import { createRegistry } from '../common/metrics.js';
 import { INVALID_OPTIONS } from '../common/options.js';
+import { serviceDefinition } from '../xds/grpc-service.js';
+import { AgentChannel } from './agent-channel.js';
 import { createDispatch } from './api-dispatch.js';
 import { apiMethods } from './api-handlers.js';
 import { createAuthenticator } from './auth.js';
 import type { Authenticator, UserIssuerConfig } from './auth.js';
 import type { ControlConfig } from './config.js';
+import * as pb from './gen/tether/control/v1/control_pb.js';
 import { bindGrpc, createGrpcApi } from './grpc-api.js';
 import { storeClusterIdentities } from './identity.js';
 import { createHttpApi } from './http-api.js';
@@ -66,6 +70,7 @@ export class ControlServer implements Closable {
   readonly #grpc: GrpcServer;
   readonly #http: HttpApi | null;
   readonly #scheduler: Scheduler | null;
+  #agents: { channel: AgentChannel; grpc: GrpcServer; port: number } | null = null;
   readonly #keyring: Keyring;
   readonly #keyFile: string | undefined;
   #keyTimer: NodeJS.Timeout | null = null;
@@ -115,6 +120,10 @@ export class ControlServer implements Closable {
       try {
         server.#grpcPort = await bindGrpc(grpc, config.grpc.host, config.grpc.port, credentials);
         if (http !== null) server.#httpPort = await server.#listenHttp(http, config.http.host, config.http.port);
+        if (config.agents !== undefined) {
+          if (ca === undefined) throw new TetherError(INVALID_OPTIONS, 'control.agents needs control.identity (the CA that issues agent certificates)');
+          await server.#startAgents(config.agents, ca, logger);
+        }
         if (scheduler !== null) await scheduler.start();
         if (config.store.keyFile !== undefined) server.#watchKeyFile(config.store.keyReloadMs);
       } catch (reason) {
@@ -127,6 +136,46 @@ export class ControlServer implements Closable {
       await store.close();
       throw reason;
     }
+  }
+
+  async #startAgents(options: NonNullable<ControlConfig['agents']>, ca: CertificateAuthority, logger: Logger): Promise<void> {
+    let cert: string;
+    let key: string;
+    if (options.tls !== undefined) {
+      cert = await readFile(options.tls.cert, 'utf8');
+      key = await readFile(options.tls.key, 'utf8');
+    } else {
+      const ips = isIP(options.host) === 0 ? [] : [options.host];
+      const issued = await ca.issueServer({ dnsNames: options.dnsNames, ipAddresses: ips.length > 0 ? ips : undefined });
+      cert = issued.chainPem;
+      key = issued.privateKeyPem ?? '';
+    }
+    const channel = new AgentChannel({
+      service: this.service,
+      trustDomain: ca.trustDomain,
+      heartbeatIntervalMs: options.heartbeatIntervalMs,
+      leaseMs: options.leaseMs,
+      pollMs: options.pollMs,
+      defaultCapacity: options.capacity,
+      logger,
+    });
+    const grpc = new GrpcServerClass({ 'grpc.max_receive_message_length': 1024 * 1024 });
+    const implementation: UntypedServiceImplementation = {
+      connect: (stream: ServerDuplexStream<unknown, unknown>) => channel.handle(stream as ServerDuplexStream<pb.AgentMessage, pb.ControlMessage>),
+    };
+    grpc.addService(serviceDefinition(pb.AgentService), implementation);
+    const credentials = ServerCredentials.createSsl(Buffer.from(ca.trustBundlePem()), [{ cert_chain: Buffer.from(cert), private_key: Buffer.from(key) }], true);
+    this.#agents = { channel, grpc, port: 0 };
+    this.#agents.port = await bindGrpc(grpc, options.host, options.port, credentials);
+  }
+
+  /** The agents' channel listener's port (0 when not configured). */
+  get agentPort(): number {
+    return this.#agents?.port ?? 0;
+  }
+
+  get agentChannel(): AgentChannel | null {
+    return this.#agents?.channel ?? null;
   }
 
   async #listenHttp(http: HttpApi, host: string, port: number): Promise<number> {
@@ -178,6 +227,11 @@ export class ControlServer implements Closable {
     this.#drainPromise ??= (async () => {
       this.#stopTimers();
       await this.#scheduler?.close();
+      // Agents' streams never finish by themselves: end them now (agents reconnect with backoff).
+      if (this.#agents !== null) {
+        this.#agents.channel.close();
+        this.#agents.grpc.forceShutdown();
+      }
       let timer: NodeJS.Timeout | undefined;
       const deadline = new Promise<void>((resolve) => {
         timer = setTimeout(resolve, graceMs);
@@ -205,6 +259,10 @@ export class ControlServer implements Closable {
   readonly close = once(async () => {
     this.#stopTimers();
     await this.#scheduler?.close();
+    if (this.#agents !== null) {
+      this.#agents.channel.close();
+      this.#agents.grpc.forceShutdown();
+    }
     this.#grpc.forceShutdown();
     if (this.#http !== null) {
       for (const socket of this.#http.sockets) socket.destroy();

@@ -22,6 +22,7 @@ import type {
   ControlRepository,
   EventOutcome,
   Page,
+  PhaseEvent,
   PhaseEventRecord,
   RbacEntry,
   RunError,
@@ -111,6 +112,20 @@ export interface SelectedCluster {
   endpoint: string;
 }
 
+/** What the agent channel hears about: runs queued for a cluster, runs to abort. */
+export type RunChange = { kind: 'queued'; clusterId: string } | { kind: 'aborting'; clusterId: string; runId: string; reason: string };
+
+/** An agent authenticated by its workload certificate (the channel), not by RBAC. */
+export interface AgentIdentity {
+  clusterId: string;
+  agentId: string;
+}
+
+export interface Lease {
+  run: RunRecord;
+  task: TaskRecord;
+}
+
 export interface ControlServiceOptions {
   store: ControlRepository;
   /** Accept `file://` URIs (dev mode). */
@@ -177,6 +192,7 @@ export class ControlService {
   readonly #maxCatchUp: number;
   readonly #onSchedulesChanged: () => void;
   #graph: { rev: number; graph: RbacGraph } | null = null;
+  readonly #listeners = new Set<(change: RunChange) => void>();
 
   constructor(options: ControlServiceOptions) {
     this.store = options.store;
@@ -185,6 +201,22 @@ export class ControlService {
     this.#now = options.now ?? Date.now;
     this.#maxCatchUp = options.maxCatchUp ?? DEFAULT_MAX_CATCH_UP;
     this.#onSchedulesChanged = options.onSchedulesChanged ?? (() => {});
+  }
+
+  /** Subscribe to run changes (in this process); returns the unsubscribe function. */
+  onRunChange(listener: (change: RunChange) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #emit(change: RunChange): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(change);
+      } catch (reason) {
+        this.#logger.error({ err: reason }, 'run change listener failed');
+      }
+    }
   }
 
   // ---- authorisation and audit
@@ -427,6 +459,7 @@ export class ControlService {
       const seen = new Map<string, Promise<unknown>>();
       for (const input of inputs) runs.push(await this.#buildRun(caller, input, scope, {}, seen));
       await this.store.insertRuns(runs, 'all-or-nothing');
+      for (const clusterId of new Set(runs.map((run) => run.clusterId))) this.#emit({ kind: 'queued', clusterId });
       return runs;
     });
   }
@@ -469,6 +502,7 @@ export class ControlService {
         decideEvent,
       );
       if (outcome?.status === 'refused') throw new TetherError(outcome.code, outcome.message);
+      if (outcome?.status === 'applied' && phase === Phase.ABORTING) this.#emit({ kind: 'aborting', clusterId: run.clusterId, runId, reason: message });
       return this.#visibleRun(runId);
     });
   }
@@ -479,22 +513,57 @@ export class ControlService {
    */
   async reportEvents(caller: Caller, org: string, clusterId: string, events: EventInput[]): Promise<EventOutcome[]> {
     return this.#call(caller, 'run.report', { org }, `cluster/${clusterId}/events(${events.length})`, async () => {
-      if (events.length > LIMITS.listEntries * 8) throw new TetherError(ControlErrorCode.METADATA_FIELD_TOO_LARGE, `at most ${LIMITS.listEntries * 8} events per report`);
-      const now = this.#now();
-      const checked = events.map((event, index) => ({
-        runId: checkName(`events[${index}].runId`, event.runId),
-        phase: event.phase,
-        producerCluster: clusterId,
-        occurredAt: event.occurredAt ?? now,
-        message: checkText(`events[${index}].message`, event.message ?? '', LIMITS.message),
-        error:
-          event.error === undefined || event.error === null
-            ? null
-            : { code: checkText(`events[${index}].error.code`, event.error.code, LIMITS.name), message: checkText(`events[${index}].error.message`, event.error.message, LIMITS.message), kind: event.error.kind },
-        outputs: checkUriMap(`events[${index}].outputs`, event.outputs ?? {}, this.#uriPolicy),
-      }));
-      return this.store.recordEvents(checked, decideEvent);
+      return this.store.recordEvents(this.#checkEvents(clusterId, events), decideEvent);
     });
+  }
+
+  /** Phase events from an agent on its channel: authorised by its certificate's cluster, audited. */
+  async reportAgentEvents(agent: AgentIdentity, events: EventInput[]): Promise<EventOutcome[]> {
+    let result = 'OK';
+    try {
+      const outcomes = await this.store.recordEvents(this.#checkEvents(agent.clusterId, events), decideEvent);
+      const refused = outcomes.filter((outcome) => outcome.status === 'refused').length;
+      if (refused > 0) result = `OK refused=${refused}`;
+      return outcomes;
+    } catch (reason) {
+      result = isTetherError(reason) ? reason.code : 'INTERNAL';
+      throw reason;
+    } finally {
+      await this.audit({ principal: `agent:${agent.clusterId}/${agent.agentId}`, operation: 'run.report', resource: `cluster/${agent.clusterId}/events(${events.length})`, result }).catch(() => {});
+    }
+  }
+
+  /** Lease QUEUED runs of the agent's cluster, with their task definitions. */
+  async leaseRuns(agent: AgentIdentity, max: number, leaseMs: number, exclude: ReadonlySet<string>): Promise<Lease[]> {
+    const runs = await this.store.leaseRuns(agent.clusterId, agent.agentId, max, this.#now(), leaseMs, exclude);
+    const leases: Lease[] = [];
+    for (const run of runs) {
+      const task = await this.store.getTask(run, run.taskName, run.taskVersion);
+      if (task !== undefined) leases.push({ run, task });
+    }
+    return leases;
+  }
+
+  /** Runs of a cluster waiting to be aborted (sent again to an agent that reconnects). */
+  async abortingRuns(clusterId: string): Promise<RunRecord[]> {
+    return this.store.listClusterRuns(clusterId, Phase.ABORTING, MAX_PAGE);
+  }
+
+  #checkEvents(clusterId: string, events: EventInput[]): PhaseEvent[] {
+    if (events.length > LIMITS.listEntries * 8) throw new TetherError(ControlErrorCode.METADATA_FIELD_TOO_LARGE, `at most ${LIMITS.listEntries * 8} events per report`);
+    const now = this.#now();
+    return events.map((event, index) => ({
+      runId: checkName(`events[${index}].runId`, event.runId),
+      phase: event.phase,
+      producerCluster: clusterId,
+      occurredAt: event.occurredAt ?? now,
+      message: checkText(`events[${index}].message`, event.message ?? '', LIMITS.message),
+      error:
+        event.error === undefined || event.error === null
+          ? null
+          : { code: checkText(`events[${index}].error.code`, event.error.code, LIMITS.name), message: checkText(`events[${index}].error.message`, event.error.message, LIMITS.message), kind: event.error.kind },
+      outputs: checkUriMap(`events[${index}].outputs`, event.outputs ?? {}, this.#uriPolicy),
+    }));
   }
 
   // ---- schedules
@@ -578,6 +647,7 @@ export class ControlService {
             );
           }
           const inserted = await this.store.fireSchedule(schedule.id, runs, times[times.length - 1]!);
+          if (inserted.length > 0) this.#emit({ kind: 'queued', clusterId: schedule.clusterId });
           await this.store.appendAudit([{ at: this.#now(), principal: SYSTEM_SCHEDULER.name, operation: 'run.create', resource: `${describeScope(schedule)}/schedule/${schedule.id}`, result: `OK fired=${inserted.length}/${times.length}` }]);
         }
         const upcoming = nextFireTime(schedule, Math.max(now, times[times.length - 1] ?? now));

@@ -115,6 +115,14 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 2,
+    description: 'run leases for agents (agent id, lease expiry)',
+    sql: `
+      ALTER TABLE runs ADD COLUMN lease_agent TEXT;
+      ALTER TABLE runs ADD COLUMN lease_until INTEGER;
+    `,
+  },
 ];
 
 /** Apply pending migrations; returns the schema version now in force. */

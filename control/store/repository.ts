@@ -198,6 +198,14 @@ export interface ControlRepository {
   /** Apply phase events in order, each checked with `rule` against the run's state at that moment. */
   recordEvents(events: PhaseEvent[], rule: PhaseRule): Promise<EventOutcome[]>;
   listEvents(runId: string): Promise<PhaseEventRecord[]>;
+  /**
+   * Lease up to `max` QUEUED runs of a cluster to an agent, oldest first: runs never leased,
+   * whose lease expired, or already leased to this agent (re-sent after a reconnect). Runs in
+   * `exclude` (already sent on this stream) are skipped.
+   */
+  leaseRuns(clusterId: string, agentId: string, max: number, now: number, leaseMs: number, exclude: ReadonlySet<string>): Promise<RunRecord[]>;
+  /** Runs of a cluster in one phase, oldest first (reconciliation: ABORTING runs to abort). */
+  listClusterRuns(clusterId: string, phase: Phase, limit: number): Promise<RunRecord[]>;
 
   putCluster(cluster: ClusterRecord): Promise<void>;
   getCluster(id: string): Promise<ClusterRecord | undefined>;

@@ -323,6 +323,26 @@ export class SqliteStore implements ControlRepository {
     return apply.immediate();
   }
 
+  async leaseRuns(clusterId: string, agentId: string, max: number, now: number, leaseMs: number, exclude: ReadonlySet<string>): Promise<RunRecord[]> {
+    if (max <= 0) return [];
+    this.#beforeWrite();
+    const select = this.#stmt(
+      `SELECT * FROM runs WHERE cluster_id = ? AND phase = ? AND (lease_until IS NULL OR lease_until < ? OR lease_agent = ?)
+        ORDER BY created_at, id LIMIT ?`,
+    );
+    const lease = this.#stmt('UPDATE runs SET lease_agent = ?, lease_until = ? WHERE id = ? AND phase = ?');
+    const take = this.db.transaction(() => {
+      const rows = select.all(clusterId, Phase.QUEUED, now, agentId, max + exclude.size).filter((row) => !exclude.has(String(row.id))).slice(0, max);
+      for (const row of rows) lease.run(agentId, now + leaseMs, row.id, Phase.QUEUED);
+      return rows.map((row) => this.#runFrom(row));
+    });
+    return take.immediate();
+  }
+
+  async listClusterRuns(clusterId: string, phase: Phase, limit: number): Promise<RunRecord[]> {
+    return this.#stmt('SELECT * FROM runs WHERE cluster_id = ? AND phase = ? ORDER BY created_at, id LIMIT ?').all(clusterId, phase, limit).map((row) => this.#runFrom(row));
+  }
+
   async listEvents(runId: string): Promise<PhaseEventRecord[]> {
     return this.#stmt('SELECT * FROM run_events WHERE run_id = ? ORDER BY seq').all(runId).map((row) => {
       const seq = num(row.seq);
