@@ -1,0 +1,381 @@
+/**
+ * Tunnel benchmark (issue 3, "Must show" 6 and 7). In one go on loopback, the same loads against
+ * three paths to one upstream:
+ *
+ * - `direct`: the upstream itself (HTTP/1.1 port; h2c port for h2load);
+ * - `tether`: client → gateway's cleartext port (HTTP/1.1 or h2c) → HTTP/2 tunnel over mutual
+ *   TLS 1.3 → agent → upstream, the gateway and the agent each in their own child process;
+ * - `ssh -R`: a private sshd on a loopback port, and `ssh -R` (aes128-gcm@openssh.com, a session
+ *   held open so both ends set TCP_NODELAY) forwarding loopback ports on the sshd side to the
+ *   upstream's HTTP/1.1 and h2c ports.
+ *
+ * Loads: `wrk -t2 -c64` and `wrk -t1 -c1` on a 1 KiB response (requests/s, p50, p99), `h2load
+ * -c64 -m10` (requests/s), a 256 MiB download with curl (MB/s, median of runs); and the RSS of the
+ * gateway and agent processes per idle WebSocket with 10,000 open through them (fresh processes,
+ * a GC before each reading). The upstream, the gateway, the agent and each load generator are
+ * separate processes; every load has a time bound; every child is killed at the end, also on error.
+ *
+ * Options: `--duration=S` (10), `--warmup=S` (2), `--downloads=N` (3), `--websockets=N` (10000),
+ * `--only=wrk64,wrk1,h2load,download,websocket`, `--paths=direct,tether,ssh`, `--profile` (CPU
+ * profiles of the gateway and agent into `benchmarks/results/profiles/`).
+ *
+ * Run with `npm run bench tunnel` (writes `benchmarks/results/tunnel.json`) or directly with
+ * `node --import tsx benchmarks/tunnel.ts`. Needs wrk, h2load (nghttp2-client), curl and
+ * openssh-server/openssh-client; a missing tool skips its rows with the package to install.
+ */
+import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
+import { loadavg, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { CertificateAuthority } from '../certs/index.js';
+import { DOWNLOAD_BYTES_TOTAL, formatTable, targetChecks, type PathName, type Rows } from './tunnel-report.js';
+import { TOOL_PACKAGES, download, h2load, wrk, type H2loadResult, type LoadTarget, type WrkResult } from './tunnel-load.js';
+import { Processes, cpuSeconds, nextMessage, ofType, which, type Tracked } from './tunnel-processes.js';
+import { Skip, startSshTunnel } from './tunnel-ssh.js';
+import type { StackConfig, StackMessage } from './tunnel-stack.js';
+import type { WsClientsMessage } from './tunnel-ws-clients.js';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const TRUST_DOMAIN = 'bench.tether';
+const CLUSTER = 'bench';
+const CLUSTER_HEADER = `tether-cluster: ${CLUSTER}`;
+const LOADS = ['wrk64', 'wrk1', 'h2load', 'download', 'websocket'] as const;
+type Load = (typeof LOADS)[number];
+
+interface Settings {
+  durationSec: number;
+  warmupSec: number;
+  downloads: number;
+  websockets: number;
+  loads: Set<Load>;
+  paths: Set<PathName>;
+  profile: boolean;
+}
+
+function parseArgs(args: readonly string[]): Settings {
+  const value = (name: string): string | undefined => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
+  const number = (name: string, fallback: number): number => {
+    const parsed = Number(value(name));
+    return Number.isFinite(parsed) && parsed > 0 ? parsed : fallback;
+  };
+  const list = <T extends string>(name: string, all: readonly T[]): Set<T> => {
+    const given = value(name);
+    if (given === undefined) return new Set(all);
+    return new Set(given.split(',').filter((v): v is T => (all as readonly string[]).includes(v)));
+  };
+  return {
+    durationSec: number('duration', 10),
+    warmupSec: number('warmup', 2),
+    downloads: number('downloads', 3),
+    websockets: number('websockets', 10_000),
+    loads: list('only', LOADS),
+    paths: list<PathName>('paths', ['direct', 'tether', 'ssh']),
+    profile: args.includes('--profile'),
+  };
+}
+
+function log(message: string): void {
+  process.stderr.write(`[tunnel] ${message}\n`);
+}
+
+function load1(): number {
+  return Math.round((loadavg()[0] ?? 0) * 100) / 100;
+}
+
+interface Paths {
+  /** HTTP/1.1 target per path. */
+  http: Partial<Record<PathName, LoadTarget>>;
+  /** h2c target per path, with the path to request. */
+  h2c: Partial<Record<PathName, LoadTarget & { path: string }>>;
+}
+
+interface Stack {
+  gateway: Tracked;
+  agent: Tracked;
+  plainUrl: string;
+}
+
+async function startStack(processes: Processes, dir: string, config: StackConfig, profileDir: string | null, tag: string): Promise<Stack> {
+  const nodeArgs = (role: string): string[] => ['--expose-gc', ...(profileDir === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${tag}-${role}.cpuprofile`])];
+  const gatewayFile = join(dir, `${tag}-gateway.json`);
+  await writeFile(gatewayFile, JSON.stringify(config), { mode: 0o600 });
+  const gateway = processes.spawnNode(`gateway (${tag})`, 'tunnel-stack.ts', ['gateway', gatewayFile], nodeArgs('gateway'));
+  const gatewayReady = await nextMessage(gateway, ofType<Extract<StackMessage, { type: 'ready'; role: 'gateway' }>>('ready'), 30_000, 'gateway ready');
+  const agentFile = join(dir, `${tag}-agent.json`);
+  await writeFile(agentFile, JSON.stringify({ ...config, gatewayAddress: gatewayReady.address }), { mode: 0o600 });
+  const agent = processes.spawnNode(`agent (${tag})`, 'tunnel-stack.ts', ['agent', agentFile], nodeArgs('agent'));
+  await nextMessage(agent, ofType<Extract<StackMessage, { type: 'ready'; role: 'agent' }>>('ready'), 30_000, 'agent ready');
+  await waitForTunnel(gatewayReady.plainUrl);
+  return { gateway, agent, plainUrl: gatewayReady.plainUrl };
+}
+
+/** The gateway registers a tunnel once the agent's SETTINGS arrive: wait until a request goes through. */
+async function waitForTunnel(plainUrl: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  let last = '';
+  while (Date.now() < deadline) {
+    try {
+      const response = await fetch(`${plainUrl}/1k`, { headers: { 'tether-cluster': CLUSTER } });
+      const body = await response.arrayBuffer();
+      if (response.status === 200 && body.byteLength === 1024) return;
+      last = `status ${response.status}, ${body.byteLength} bytes, ${response.headers.get('tether-error') ?? ''}`;
+    } catch (reason) {
+      last = reason instanceof Error ? reason.message : String(reason);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`no request got through the tunnel within 10 s: ${last}`);
+}
+
+async function memory(entry: Tracked): Promise<number> {
+  entry.child.send({ type: 'memory' });
+  const reply = await nextMessage(entry, ofType<Extract<StackMessage, { type: 'memory' }>>('memory'), 30_000, 'memory reading');
+  return reply.rss;
+}
+
+export async function run(args: string[] = []): Promise<Record<string, unknown>> {
+  const settings = parseArgs(args);
+  const processes = new Processes();
+  const onExit = (): void => processes.killAllNow();
+  const onSignal = (signal: NodeJS.Signals): void => {
+    processes.killAllNow();
+    process.kill(process.pid, signal);
+  };
+  process.once('exit', onExit);
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const dir = await mkdtemp(join(tmpdir(), 'tether-bench-tunnel-'));
+  const skipped: string[] = [];
+  const notes: string[] = [];
+  const rows: Rows = {};
+  const loadAverage: Record<string, number> = { start: load1() };
+  const started = Date.now();
+  try {
+    for (const tool of ['wrk', 'h2load', 'curl'] as const) {
+      if (which(tool) === null) skipped.push(`${tool} not found: install the Debian package ${TOOL_PACKAGES[tool] ?? tool}`);
+    }
+    const has = (tool: string): boolean => which(tool) !== null;
+
+    // Upstream, in its own process.
+    const upstream = processes.spawnNode('upstream', 'tunnel-upstream.ts', []);
+    const ports = await nextMessage(upstream, ofType<{ type: 'ready'; http: number; h2c: number }>('ready'), 30_000, 'upstream ready');
+    log(`upstream on 127.0.0.1:${ports.http} (HTTP/1.1) and :${ports.h2c} (h2c)`);
+
+    // PKI for the tunnel: server certificate for the gateway, SPIFFE workload certificate for the agent.
+    const ca = await CertificateAuthority.create({ trustDomain: TRUST_DOMAIN });
+    const serverCert = await ca.issueServer({ dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
+    const agentCert = await ca.issueWorkload({ clusterId: CLUSTER, agentId: 'bench-agent' });
+    const stackConfig: StackConfig = {
+      trustDomain: TRUST_DOMAIN,
+      clusterId: CLUSTER,
+      ca: ca.trustBundlePem(),
+      gatewayTls: { key: serverCert.privateKeyPem ?? '', cert: serverCert.chainPem },
+      agentTls: { key: agentCert.privateKeyPem ?? '', cert: agentCert.chainPem },
+      routes: [
+        { prefix: '/h2/', upstream: `h2c://127.0.0.1:${ports.h2c}` },
+        { prefix: '/', upstream: `http://127.0.0.1:${ports.http}` },
+      ],
+    };
+    const profileDir = settings.profile ? join(HERE, 'results', 'profiles') : null;
+    if (profileDir !== null) await mkdir(profileDir, { recursive: true });
+
+    const paths: Paths = { http: {}, h2c: {} };
+    // Every path gets the same request headers (the tunnel needs the cluster header for routing).
+    const headers = [CLUSTER_HEADER];
+    if (settings.paths.has('direct')) {
+      paths.http.direct = { base: `http://127.0.0.1:${ports.http}`, headers };
+      paths.h2c.direct = { base: `http://127.0.0.1:${ports.h2c}`, headers, path: '/1k' };
+    }
+    const relayPids: Partial<Record<PathName, () => number[]>> = { direct: () => [] };
+    let stack: Stack | null = null;
+    const loadTests = [...settings.loads].some((l) => l !== 'websocket');
+    if (settings.paths.has('tether') && loadTests) {
+      stack = await startStack(processes, dir, stackConfig, profileDir, 'load');
+      log(`tether gateway at ${stack.plainUrl} (agent: 2 tunnel connections)`);
+      paths.http.tether = { base: stack.plainUrl, headers };
+      paths.h2c.tether = { base: stack.plainUrl, headers, path: '/h2/1k' };
+      const pids = [stack.gateway.child.pid ?? 0, stack.agent.child.pid ?? 0];
+      relayPids.tether = () => pids;
+    }
+    if (settings.paths.has('ssh') && loadTests) {
+      try {
+        const ssh = await startSshTunnel(processes, join(dir, 'ssh'), [ports.http, ports.h2c]);
+        notes.push(...ssh.notes);
+        const [httpPort, h2cPort] = ssh.ports;
+        log(`ssh -R forwards 127.0.0.1:${String(httpPort)} → :${ports.http} and 127.0.0.1:${String(h2cPort)} → :${ports.h2c}`);
+        paths.http.ssh = { base: `http://127.0.0.1:${String(httpPort)}`, headers };
+        paths.h2c.ssh = { base: `http://127.0.0.1:${String(h2cPort)}`, headers, path: '/1k' };
+        relayPids.ssh = ssh.pids;
+      } catch (reason) {
+        if (!(reason instanceof Skip)) throw reason;
+        skipped.push(`ssh -R: ${reason.message}`);
+      }
+    }
+
+    const order: PathName[] = ['direct', 'tether', 'ssh'];
+    const { durationSec: seconds, warmupSec: warmup } = settings;
+    const upstreamPid = upstream.child.pid ?? 0;
+    const sumCpu = (pids: number[]): number => pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
+    /**
+     * Run `measure` against each path (a warm-up first), with the CPU time the relay processes
+     * (gateway + agent, or ssh + sshd) and the upstream used during the measurement, per unit of
+     * work (`unitsOf`: requests, or megabytes for the download).
+     */
+    const measureEach = async <T extends object>(
+      load: Load,
+      what: string,
+      targets: Partial<Record<PathName, LoadTarget>>,
+      unitsOf: (result: T) => number,
+      unit: 'UsPerRequest' | 'MsPerMB',
+      measure: (target: LoadTarget, warm: boolean) => Promise<T>,
+    ): Promise<void> => {
+      const row: Partial<Record<PathName, object>> = {};
+      for (const name of order) {
+        const target = targets[name];
+        if (target === undefined) continue;
+        if (warmup > 0) await measure(target, true);
+        const before = load1();
+        const pids = relayPids[name]?.() ?? [];
+        const relayBefore = sumCpu(pids);
+        const upstreamBefore = cpuSeconds(upstreamPid);
+        const result = await measure(target, false);
+        const relayCpuSec = sumCpu(pids) - relayBefore;
+        const upstreamCpuSec = cpuSeconds(upstreamPid) - upstreamBefore;
+        const units = unitsOf(result);
+        const scale = unit === 'UsPerRequest' ? 1e6 : 1e3;
+        const per = (sec: number): number => (units > 0 ? Math.round((sec * scale * 10) / units) / 10 : NaN);
+        row[name] = {
+          ...result,
+          load1: before,
+          relayCpuSec: Math.round(relayCpuSec * 100) / 100,
+          upstreamCpuSec: Math.round(upstreamCpuSec * 100) / 100,
+          [`relayCpu${unit}`]: name === 'direct' ? null : per(relayCpuSec),
+          [`upstreamCpu${unit}`]: per(upstreamCpuSec),
+        };
+        log(`${what} ${name}: ${JSON.stringify(row[name])}`);
+      }
+      rows[load] = row;
+    };
+
+    if (settings.loads.has('wrk64') && has('wrk')) {
+      await measureEach<WrkResult>('wrk64', 'wrk -t2 -c64', paths.http, (r) => r.requests, 'UsPerRequest', (t, warm) => wrk(processes, t, '/1k', 2, 64, warm ? warmup : seconds));
+    }
+    if (settings.loads.has('wrk1') && has('wrk')) {
+      await measureEach<WrkResult>('wrk1', 'wrk -t1 -c1', paths.http, (r) => r.requests, 'UsPerRequest', (t, warm) => wrk(processes, t, '/1k', 1, 1, warm ? warmup : seconds));
+    }
+    if (settings.loads.has('h2load') && has('h2load')) {
+      await measureEach<H2loadResult>('h2load', 'h2load -c64 -m10', paths.h2c, (r) => r.succeeded, 'UsPerRequest', (t, warm) => h2load(processes, t, (t as LoadTarget & { path: string }).path, 64, 10, warm ? warmup : seconds));
+    }
+    if (settings.loads.has('download') && has('curl')) {
+      await measureEach<{ megabytesPerSec: number; runsMBps: number[]; megabytes: number }>('download', 'download 256 MiB', paths.http, (r) => r.megabytes, 'MsPerMB', async (t, warm) => {
+        if (warm) {
+          const once = await download(processes, t, '/256m', DOWNLOAD_BYTES_TOTAL, 120);
+          return { megabytesPerSec: once.megabytesPerSec, runsMBps: [], megabytes: 0 };
+        }
+        const runs = [];
+        for (let i = 0; i < settings.downloads; i++) runs.push(await download(processes, t, '/256m', DOWNLOAD_BYTES_TOTAL, 120));
+        runs.sort((a, b) => a.megabytesPerSec - b.megabytesPerSec);
+        const median = runs[Math.floor(runs.length / 2)] ?? runs[0];
+        return { megabytesPerSec: median?.megabytesPerSec ?? 0, runsMBps: runs.map((r) => Math.round(r.megabytesPerSec)), megabytes: (runs.length * DOWNLOAD_BYTES_TOTAL) / 1e6 };
+      });
+    }
+    if (stack !== null) {
+      await processes.stop(stack.agent);
+      await processes.stop(stack.gateway);
+      stack = null;
+    }
+
+    let websocket: Record<string, unknown> | null = null;
+    if (settings.loads.has('websocket') && settings.paths.has('tether')) {
+      websocket = await idleWebSockets(processes, dir, { ...stackConfig, maxConcurrentStreams: settings.websockets + 100 }, settings.websockets, profileDir, upstream);
+    }
+
+    loadAverage.end = load1();
+    const targets = targetChecks(rows, websocket);
+    const table = formatTable(rows, websocket, targets);
+    process.stderr.write(`\n${table}\n`);
+    return {
+      settings: {
+        durationSec: seconds,
+        warmupSec: warmup,
+        downloads: settings.downloads,
+        websockets: settings.websockets,
+        wrk: ['-t2 -c64 --latency', '-t1 -c1 --latency'],
+        h2load: '-c64 -m10 -t1 (h2c prior knowledge)',
+        sshCipher: 'aes128-gcm@openssh.com',
+        tunnel: 'gateway and agent in separate processes, 2 tunnel connections, default windows (4 MiB stream, 64 MiB connection)',
+      },
+      loadAverage,
+      wallSeconds: Math.round((Date.now() - started) / 1000),
+      rows,
+      websocket,
+      targets,
+      table,
+      skipped,
+      notes,
+    };
+  } finally {
+    await processes.stopAll();
+    await rm(dir, { recursive: true, force: true });
+    process.off('exit', onExit);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+/** RSS of fresh gateway and agent processes before and after `count` idle WebSockets through them. */
+async function idleWebSockets(processes: Processes, dir: string, config: StackConfig, count: number, profileDir: string | null, upstream: Tracked): Promise<Record<string, unknown>> {
+  const stack = await startStack(processes, dir, config, profileDir, 'websocket');
+  try {
+    // Warm up the code paths (JIT, parsers, pools) so the baseline is not an empty process.
+    const warm = processes.spawnNode('websocket warm-up', 'tunnel-ws-clients.ts', [stack.plainUrl, '200', CLUSTER_HEADER]);
+    const warmed = await nextMessage(warm, ofType<Extract<WsClientsMessage, { type: 'opened' }>>('opened'), 60_000, 'warm-up WebSockets');
+    if (warmed.failed > 0) throw new Error(`warm-up WebSockets failed: ${String(warmed.firstError)}`);
+    await processes.stop(warm);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    const before = { gateway: await memory(stack.gateway), agent: await memory(stack.agent) };
+    log(`idle WebSockets: baseline RSS gateway ${mib(before.gateway)}, agent ${mib(before.agent)}; opening ${count}`);
+    const clients = processes.spawnNode('websocket clients', 'tunnel-ws-clients.ts', [stack.plainUrl, String(count), CLUSTER_HEADER]);
+    const opened = await nextMessage(clients, ofType<Extract<WsClientsMessage, { type: 'opened' }>>('opened'), 300_000, `${count} WebSockets`);
+    upstream.child.send({ type: 'count' });
+    const atUpstream = await nextMessage(upstream, ofType<{ type: 'count'; webSockets: number }>('count'), 10_000, 'upstream WebSocket count');
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    const after = { gateway: await memory(stack.gateway), agent: await memory(stack.agent) };
+    const perSocket = (bytes: number): number => (opened.ok > 0 ? Math.round((bytes / opened.ok / 1024) * 10) / 10 : NaN);
+    const result = {
+      requested: count,
+      opened: opened.ok,
+      failed: opened.failed,
+      firstError: opened.firstError,
+      openSeconds: Math.round(opened.ms / 100) / 10,
+      heldAtUpstream: atUpstream.webSockets,
+      rssBeforeMiB: { gateway: toMiB(before.gateway), agent: toMiB(before.agent) },
+      rssAfterMiB: { gateway: toMiB(after.gateway), agent: toMiB(after.agent) },
+      kibPerSocket: {
+        gateway: perSocket(after.gateway - before.gateway),
+        agent: perSocket(after.agent - before.agent),
+        total: perSocket(after.gateway - before.gateway + after.agent - before.agent),
+      },
+      agentMaxConcurrentStreams: config.maxConcurrentStreams,
+    };
+    log(`idle WebSockets: ${JSON.stringify(result)}`);
+    await processes.stop(clients);
+    return result;
+  } finally {
+    await processes.stop(stack.agent);
+    await processes.stop(stack.gateway);
+  }
+}
+
+function toMiB(bytes: number): number {
+  return Math.round((bytes / 2 ** 20) * 10) / 10;
+}
+
+function mib(bytes: number): string {
+  return `${toMiB(bytes)} MiB`;
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const results = await run(process.argv.slice(2));
+  process.stdout.write(`${String(results.table)}\n\n${JSON.stringify(results, null, 2)}\n`);
+}
