@@ -66,7 +66,9 @@ export function parseH2load(output: string): H2loadResult {
   const rate = /finished in [\d.]+\w*, ([\d.]+) req\/s/.exec(output);
   const requests = /requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout/.exec(output);
   const status = /status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx/.exec(output);
-  const succeeded = Number(requests[1]);
+  if (rate === null || requests === null) throw new Error(`unreadable h2load report:\n${output}`);
+  // 4xx/5xx answers count as "succeeded" in h2load's tally; here they are failures.
+  const succeeded = Number(requests[1]) - Number(status?.[3] ?? 0) - Number(status?.[4] ?? 0);
   const failed = Number(requests[2]) + Number(requests[3]) + Number(requests[4]) + Number(status?.[3] ?? 0) + Number(status?.[4] ?? 0);
   return { requestsPerSec: Number(rate[1]), succeeded, failed };
 }
