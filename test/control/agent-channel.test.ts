@@ -94,7 +94,7 @@ interface World {
   agent(server: ControlServer, cluster?: string, agentId?: string): Promise<TestAgent>;
 }
 
-async function world(t: ExecutionContext): Promise<World> {
+async function world(t: ExecutionContext, agentOptions: { leaseMs?: number; pollMs?: number } = {}): Promise<World> {
   const pki = await createTestPki();
   const issuer = new DevOidcIssuer();
   const issuerUrl = await issuer.listen();
@@ -110,7 +110,7 @@ async function world(t: ExecutionContext): Promise<World> {
   });
   const config = parseControlConfig({
     org: 'acme', store: { path: join(dir, 'control.db') }, grpc: { port: 0 }, http: { enabled: false, port: 0 }, auth: { issuers: [{ issuer: issuerUrl, audience: 'tether' }] },
-    bootstrapAdmins: ['alice'], agents: { port: 0, heartbeatIntervalMs: 60_000, leaseMs: 60_000, pollMs: 60_000 }, scheduler: { enabled: false },
+    bootstrapAdmins: ['alice'], agents: { port: 0, heartbeatIntervalMs: 60_000, leaseMs: agentOptions.leaseMs ?? 60_000, pollMs: agentOptions.pollMs ?? 60_000 }, scheduler: { enabled: false },
   });
   return {
     pki, issuer, dir,
@@ -232,3 +232,28 @@ test('control-plane restart: the run started before it finishes, its phases are 
   await server.drain(1_000);
 });
 
+
+test('a lease without any event expires and the run is offered to another agent; a claimed run is not', async (t) => {
+  const w = await world(t, { leaseMs: 300, pollMs: 50 });
+  const server = await w.start();
+  await seed(server);
+  const silent = await w.agent(server, 'c1', 'a1');
+  silent.hello('a1');
+  const run = await newRun(server);
+  const claimed = await newRun(server);
+  t.is((await silent.next('assignment', (a) => a.runId === run.id)).runId, run.id);
+  await silent.next('assignment', (a) => a.runId === claimed.id);
+  // a1 claims one run (INITIALIZING) and sits on the other.
+  silent.events('1', [{ runId: claimed.id, phase: Phase.INITIALIZING }]);
+  await silent.next('eventsAck');
+  const other = await w.agent(server, 'c1', 'a2');
+  other.hello('a2');
+  await other.next('welcome');
+  const leasedAgain = await other.next('assignment');
+  t.is(leasedAgain.runId, run.id);
+  // A later run reaches a2 too; the claimed one (older) never did.
+  const later = await newRun(server);
+  await other.next('assignment', (a) => a.runId === later.id);
+  t.false(other.received.some((m) => m.kind.case === 'assignment' && m.kind.value.runId === claimed.id));
+  await server.drain(1_000);
+});
