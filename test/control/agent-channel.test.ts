@@ -251,7 +251,9 @@ test('a lease without any event expires and the run is offered to another agent;
   await other.next('welcome');
   const leasedAgain = await other.next('assignment');
   t.is(leasedAgain.runId, run.id);
-  // A later run reaches a2 too; the claimed one (older) never did.
+  // With a1 gone, a later run reaches a2; the claimed one (older, offered first if at all) never did.
+  silent.close();
+  await silent.ended;
   const later = await newRun(server);
   await other.next('assignment', (a) => a.runId === later.id);
   t.false(other.received.some((m) => m.kind.case === 'assignment' && m.kind.value.runId === claimed.id));
