@@ -127,6 +127,15 @@ async function world(t: ExecutionContext, agentOptions: { leaseMs?: number; poll
   };
 }
 
+/** Poll a condition the server exposes no event for, with a bounded deadline. */
+async function until(condition: () => boolean, deadlineMs = 5_000): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  while (!condition()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise<void>((resolve) => setTimeout(resolve, 10));
+  }
+}
+
 async function seed(server: ControlServer): Promise<void> {
   await server.service.registerCluster(alice, { org: 'acme', id: 'c1', mode: 'tunnel', endpoint: 'c1.example', issuer: 'https://i.example', audience: 'a', allowedSubjects: ['s'] });
   await server.service.registerCluster(alice, { org: 'acme', id: 'c2', mode: 'tunnel', endpoint: 'c2.example', issuer: 'https://i.example', audience: 'a', allowedSubjects: ['s'] });
@@ -253,7 +262,7 @@ test('a lease without any event expires and the run is offered to another agent;
   t.is(leasedAgain.runId, run.id);
   // With a1 gone, a later run reaches a2; the claimed one (older, offered first if at all) never did.
   silent.close();
-  await silent.ended;
+  await until(() => JSON.stringify(server.agentChannel?.connected()) === JSON.stringify({ c1: ['a2'] }));
   const later = await newRun(server);
   await other.next('assignment', (a) => a.runId === later.id);
   t.false(other.received.some((m) => m.kind.case === 'assignment' && m.kind.value.runId === claimed.id));
