@@ -270,6 +270,11 @@ export function apiMethods(service: ControlService, options: ApiOptions = {}): M
     return service.whoAmI(caller, { org: scope.org, project: scope.project || undefined, domain: scope.domain || undefined });
   });
 
+  unary(A.check, async (request, caller) => {
+    const scope = scopeOf(request.scope);
+    return service.check(caller, request.subject, request.groups, request.operation, { org: scope.org, project: scope.project || undefined, domain: scope.domain || undefined });
+  });
+
   unary(pb.AuditService.method.listAudit, async (request, caller) => {
     const page = await service.listAudit(caller, request.org, { principal: request.principal, operation: request.operation }, request.limit, request.pageToken);
     return { records: page.items.map((record) => ({ seq: String(record.seq), at: ts(record.at), principal: record.principal, operation: record.operation, resource: record.resource, result: record.result })), nextPageToken: page.nextPageToken };

@@ -12,7 +12,7 @@ import { ControlErrorCode } from './errors.js';
 import { checkList, checkMap, checkName, checkText, checkUri, checkUriMap, LIMITS } from './metadata-limits.js';
 import type { UriPolicy } from './metadata-limits.js';
 import { decideEvent, isTerminal, Phase, phaseName } from './phases.js';
-import { describeScope, isRole, RbacGraph } from './rbac.js';
+import { describeScope, isOperation, isRole, RbacGraph } from './rbac.js';
 import type { Binding, Membership, Operation, Principal, ResourceScope, Role } from './rbac.js';
 import { checkCron, fireTimes, MIN_RATE_MS, nextFireTime, scheduleRunId, DEFAULT_MAX_CATCH_UP } from './schedules.js';
 import type {
@@ -707,6 +707,17 @@ export class ControlService {
     const graph = await this.graph();
     const groups = [...graph.principalNames(caller)].filter((name) => name.startsWith('group:')).map((name) => name.slice(6));
     return { subject: caller.subject, groups, roles: graph.rolesOn(caller, scope) };
+  }
+
+  /** May `subject` do `operation` on `scope`? About oneself: anyone; about others: rbac.read. */
+  async check(caller: Caller, subject: string, groups: readonly string[], operation: string, scopeInput: ResourceScope): Promise<{ allowed: boolean; roles: Role[] }> {
+    const scope = this.#bindingScope(scopeInput);
+    const self = subject === '' || subject === caller.subject;
+    return this.#call(caller, 'rbac.read', self ? null : { org: scope.org }, `check/${operation}`, async () => {
+      if (!isOperation(operation)) throw new TetherError(ControlErrorCode.INVALID_ARGUMENT, `unknown operation ${JSON.stringify(operation)}`);
+      const principal = self ? caller : { subject, groups };
+      return (await this.graph()).authorize(principal, operation, scope);
+    });
   }
 
   /** Grant org Admin to bootstrap subjects (idempotent), so a fresh store has someone who can act. */

@@ -142,6 +142,13 @@ test.serial('JSON over HTTP: authenticated, authorised and audited calls; refusa
   t.like(await http('/tether.control.v1.RunService/AbortRun', { runId: run.id }, bob), { status: 403 });
   t.like(await http('/tether.control.v1.AccessService/WhoAmI', { scope: SCOPE }, bob), { status: 200, json: { subject: 'bob', roles: ['Viewer'] } });
 
+  // The gateway's question: may this subject reach this project's data?
+  t.like(await http('/tether.control.v1.AccessService/Check', { operation: 'data.read', scope: SCOPE }, bob), { status: 200, json: { allowed: true, roles: ['Viewer'] } });
+  t.like(await http('/tether.control.v1.AccessService/Check', { subject: 'alice', operation: 'data.read', scope: SCOPE }, bob), { status: 403 });
+  t.like(await http('/tether.control.v1.AccessService/Check', { subject: 'bob', operation: 'data.write', scope: SCOPE }, alice), { status: 200, json: { roles: ['Viewer'] } });
+  t.is((await http('/tether.control.v1.AccessService/Check', { subject: 'bob', operation: 'data.write', scope: SCOPE }, alice)).json.allowed, undefined);
+  t.like(await http('/tether.control.v1.AccessService/Check', { subject: 'bob', operation: 'data.read', scope: { org: 'acme', project: 'p2', domain: 'dev' } }, alice), { status: 200, json: { roles: undefined } });
+  t.like(await http('/tether.control.v1.AccessService/Check', { operation: 'launch.missiles', scope: SCOPE }, alice), { status: 400, json: { code: 'CONTROL_INVALID_ARGUMENT' } });
   // No CA configured here: the identity exchange is off, and says so.
   t.like(await http('/tether.control.v1.IdentityService/ExchangeToken', { token: 'x', csrPem: 'y', clusterId: 'c1', agentId: 'a1' }), { status: 501, json: { code: 'IDENTITY_EXCHANGE_DISABLED' } });
   const audit = await http('/tether.control.v1.AuditService/ListAudit', { org: 'acme', limit: 200 }, alice);
