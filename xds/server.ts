@@ -8,7 +8,7 @@
 import { EventEmitter } from 'node:events';
 import { create } from '@bufbuild/protobuf';
 import { Server, ServerCredentials, status } from '@grpc/grpc-js';
-import type { ServerDuplexStream, ServerUnaryCall, sendUnaryData, UntypedServiceImplementation } from '@grpc/grpc-js';
+import type { ServerDuplexStream, ServerUnaryCall, ServiceDefinition, sendUnaryData, UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { Registry } from 'prom-client';
 import { TetherError } from '../common/errors.js';
 import { once } from '../common/lifecycle.js';
@@ -28,6 +28,7 @@ import { ClientStatusDiscoveryService } from './gen/envoy/service/status/v3/csds
 import type { ClientStatusRequest, ClientStatusResponse } from './gen/envoy/service/status/v3/csds_pb.js';
 import { serviceDefinition } from './grpc-service.js';
 import { createXdsMetrics } from './metrics.js';
+import { decodeDiscoveryRequest } from './request-decoder.js';
 import type { XdsMetrics } from './metrics.js';
 import { RESOURCE_TYPES } from './resource-types.js';
 import type { ResourceKind, ResourceType } from './resource-types.js';
@@ -144,6 +145,15 @@ export class XdsServer extends EventEmitter<XdsServerEvents> implements Closable
     this.#snapshots.set(group, snapshot);
     for (const session of readers) session.onSnapshot(snapshot);
     return snapshot;
+  }
+
+  /**
+   * Publish the current snapshot of `group` with `changes` added or replaced and `remove` deleted,
+   * encoding only those (e.g. one endpoint change). Same checks and errors as `setSnapshot`.
+   */
+  updateSnapshot(changes: SnapshotInput, options: PublishOptions & { remove?: Partial<Record<ResourceKind, string[]>> } = {}): Snapshot {
+    const group = options.group ?? DEFAULT_GROUP;
+    return this.setSnapshot(Snapshot.patch(this.snapshot(group), changes, options.remove), options);
   }
 
   /** Problems `snapshot` would cause for the given sessions' kinds (plus `validateFor`). */
@@ -266,7 +276,7 @@ export class XdsServer extends EventEmitter<XdsServerEvents> implements Closable
       streamAggregatedResources: (call: Duplex<DiscoveryRequest>) => this.#stream('sotw', null, call),
       deltaAggregatedResources: (call: Duplex<DeltaDiscoveryRequest>) => this.#stream('delta', null, call),
     };
-    server.addService(serviceDefinition(AggregatedDiscoveryService), ads);
+    server.addService(withFastSotwDecoding(serviceDefinition(AggregatedDiscoveryService)), ads);
     for (const type of RESOURCE_TYPES) {
       const impl: UntypedServiceImplementation = {};
       for (const method of type.service.methods) {
@@ -277,7 +287,7 @@ export class XdsServer extends EventEmitter<XdsServerEvents> implements Closable
           impl[method.localName] = (call: ServerUnaryCall<DiscoveryRequest, unknown>, cb: sendUnaryData<unknown>) => this.#fetch(type, call, cb);
         }
       }
-      server.addService(serviceDefinition(type.service), impl);
+      server.addService(withFastSotwDecoding(serviceDefinition(type.service)), impl);
     }
     const csds: UntypedServiceImplementation = {
       streamClientStatus: (call: ServerDuplexStream<ClientStatusRequest, ClientStatusResponse>) => {
@@ -340,6 +350,16 @@ export class XdsServer extends EventEmitter<XdsServerEvents> implements Closable
 }
 
 const EMPTY = Snapshot.empty();
+
+/** SotW stream methods decode requests with the caching decoder (see request-decoder.ts). */
+function withFastSotwDecoding(definition: ServiceDefinition): ServiceDefinition {
+  for (const method of Object.values(definition)) {
+    if (method.requestStream && method.responseStream && !method.path.includes('/Delta')) {
+      (method as { requestDeserialize: (bytes: Buffer) => unknown }).requestDeserialize = decodeDiscoveryRequest;
+    }
+  }
+  return definition;
+}
 
 function refusal(code: string, headline: string, problems: Problem[]): TetherError {
   const shown = problems.slice(0, 10).map(formatProblem);

@@ -94,6 +94,8 @@ export class Snapshot {
   readonly versions: ReadonlyMap<string, string>;
   /** `performance.now()` when built: the change time that convergence is measured from. */
   readonly createdAt: number;
+  /** Set by `patch`: the versions it was patched from and the names it changed, per type URL. */
+  diff: { from: ReadonlyMap<string, string>; changed: ReadonlyMap<string, ReadonlySet<string>> } | null = null;
 
   constructor(resources: Map<string, ReadonlyMap<string, EncodedResource>>) {
     this.resources = resources;
@@ -141,6 +143,43 @@ export class Snapshot {
       resources.set(type.typeUrl, unchanged && old !== undefined ? old : byName);
     }
     return new Snapshot(resources);
+  }
+
+  /**
+   * A snapshot equal to `previous` with the resources in `changes` added or replaced and the names
+   * in `remove` deleted; untouched types keep their maps, so only what changed is encoded (the
+   * endpoint fast path).
+   */
+  static patch(previous: Snapshot, changes: SnapshotInput, remove: Partial<Record<ResourceKind, string[]>> = {}): Snapshot {
+    const resources = new Map<string, ReadonlyMap<string, EncodedResource>>();
+    const changed = new Map<string, ReadonlySet<string>>();
+    for (const type of RESOURCE_TYPES) {
+      const old = previous.get(type.typeUrl);
+      const list = (changes[INPUT_KEY[type.kind]] ?? []) as Message[];
+      const removals = remove[type.kind] ?? [];
+      if (list.length === 0 && removals.length === 0) {
+        resources.set(type.typeUrl, old);
+        continue;
+      }
+      const byName = new Map(old);
+      const seen = new Set<string>();
+      for (const message of list) {
+        const name = NAME_OF[type.kind](message);
+        if (name === '') throw new TetherError('XDS_INVALID_RESOURCE', `a ${type.kind} has an empty name`, { details: { type: type.typeUrl } });
+        if (seen.has(name)) throw new TetherError('XDS_DUPLICATE_RESOURCE', `${type.kind} "${name}" appears twice`, { details: { type: type.typeUrl, name } });
+        seen.add(name);
+        const value = toBinary(type.schema, message);
+        const version = hash(value);
+        const current = byName.get(name);
+        if (current?.version !== version) byName.set(name, new EncodedResource(type.typeUrl, name, version, message, value));
+      }
+      for (const name of removals) if (byName.delete(name)) seen.add(name);
+      resources.set(type.typeUrl, byName);
+      changed.set(type.typeUrl, seen);
+    }
+    const snapshot = new Snapshot(resources);
+    snapshot.diff = { from: previous.versions, changed };
+    return snapshot;
   }
 
   get(typeUrl: string): ReadonlyMap<string, EncodedResource> {

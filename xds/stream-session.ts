@@ -343,7 +343,14 @@ export class StreamSession {
       state.changeSince = null; // nothing of this type changed for this client
       return;
     }
-    const out = this.protocol === 'sotw' ? this.#computeSotw(state, view, true) : this.#computeDelta(state, view, true);
+    // Endpoint fast path: clean at the version this snapshot was patched from → only the patched
+    // names can differ.
+    const diff = view.diff;
+    const candidates =
+      diff !== null && !state.dirty && !state.forceRespond && !state.type.fullStateInSotw && this.protocol === 'sotw' && state.cleanVersion === diff.from.get(state.type.typeUrl)
+        ? diff.changed.get(state.type.typeUrl)
+        : undefined;
+    const out = this.protocol === 'sotw' ? this.#computeSotw(state, view, true, candidates) : this.#computeDelta(state, view, true);
     if (out === null) {
       state.changeSince = null;
       state.cleanVersion = current;
@@ -358,7 +365,7 @@ export class StreamSession {
     else this.#sendDelta(state, view, out, now);
   }
 
-  #computeSotw(state: TypeState, view: Snapshot, allowForce: boolean): SotwOut | null {
+  #computeSotw(state: TypeState, view: Snapshot, allowForce: boolean, candidates?: ReadonlySet<string>): SotwOut | null {
     const type = state.type;
     const byName = view.get(type.typeUrl);
     const force = allowForce && state.forceRespond;
@@ -387,8 +394,13 @@ export class StreamSession {
     const consider = (name: string, resource: EncodedResource | undefined) => {
       if (resource !== undefined && state.sent.get(name)?.version !== resource.version) resources.push(resource);
     };
-    if (state.wildcard) for (const [name, resource] of byName) consider(name, resource);
-    else for (const name of state.names) consider(name, byName.get(name));
+    if (candidates !== undefined) {
+      for (const name of candidates) if (state.interested(name)) consider(name, byName.get(name));
+    } else if (state.wildcard) {
+      for (const [name, resource] of byName) consider(name, resource);
+    } else {
+      for (const name of state.names) consider(name, byName.get(name));
+    }
     if (resources.length === 0 && !force) return null;
     return { resources, full: null, retained: false };
   }

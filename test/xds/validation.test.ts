@@ -4,7 +4,7 @@ import { create } from '@bufbuild/protobuf';
 import { failOnLeaks } from '../helpers/leaks.js';
 import { envoyNode, grpcNode, namesOf, sotwRequest } from '../helpers/ads-client.js';
 import { TypeUrl } from '../../xds/resource-types.js';
-import { apiListener, edsCluster } from '../../xds/builders.js';
+import { apiListener, edsCluster, loadAssignment } from '../../xds/builders.js';
 import { HCM_TYPE_URL } from '../../xds/references.js';
 import { HttpConnectionManagerSchema } from '../../xds/gen/envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager_pb.js';
 import { ListenerSchema } from '../../xds/gen/envoy/config/listener/v3/listener_pb.js';
@@ -124,4 +124,20 @@ test('CSDS over gRPC: per client what it ACKed, what it NACKed and why', async (
   t.is(badC2?.errorState?.details, 'cluster c2: unsupported field');
   const only = await client.csds('bad');
   t.deepEqual(only.config.map((c) => c.node?.id), ['bad']);
+});
+
+test('updateSnapshot encodes only what changed, keeps the rest shared, and is checked like setSnapshot', async (t) => {
+  const { client, server } = await rig(t);
+  const ads = client.sotw();
+  ads.send(sotwRequest({ node: envoyNode(), typeUrl: TypeUrl.endpoint, resourceNames: ['c1', 'c2'] }));
+  ack(ads, await ads.next(), ['c1', 'c2']);
+  const before = server.snapshot();
+  const after = server.updateSnapshot({ endpoints: [loadAssignment('c2', [{ address: '127.0.0.1', port: 9902 }])] });
+  t.is(after.get(TypeUrl.cluster), before.get(TypeUrl.cluster), 'untouched types keep their map');
+  t.is(after.get(TypeUrl.endpoint).get('c1'), before.get(TypeUrl.endpoint).get('c1'), 'untouched resources keep their encoding');
+  t.not(after.get(TypeUrl.endpoint).get('c2')?.version, before.get(TypeUrl.endpoint).get('c2')?.version);
+  t.deepEqual(namesOf(await ads.next()), ['c2']);
+  const error = t.throws(() => server.updateSnapshot({}, { remove: { endpoint: ['c1'] } }));
+  t.true(isTetherError(error, 'XDS_SNAPSHOT_INCONSISTENT'));
+  t.is(server.snapshot(), after);
 });
