@@ -22,3 +22,7 @@ export * from './store/repository.js';
 export { Keyring, KEK_ENV, loadKeyring, readKeyFile, writeKeyFile, newKek, keyringFromEnvValue } from './store/keyring.js';
 export { rotateKey } from './rotate-key.js';
 export type { RotateKeyOptions, RotateKeyResult } from './rotate-key.js';
+export { startDevControl, DEV_CONTROL_AUDIENCE } from './dev.js';
+export type { DevControlOptions } from './dev.js';
+export { AgentChannel, AgentChannelErrorCode, agentIdentityOf } from './agent-channel.js';
+export { storeClusterIdentities } from './identity.js';
