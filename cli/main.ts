@@ -6,7 +6,9 @@ import { Command, CommanderError } from 'commander';
 import { TetherError, getErrorMessage } from '../common/errors.js';
 import { setTraceSpec } from '../common/log.js';
 import { registerCertsCommand } from './commands/certs.js';
+import { registerControlCommand } from './commands/control.js';
 import { registerDevCommand } from './commands/dev.js';
+import { registerXdsCommand } from './commands/xds.js';
 
 export function buildProgram(): Command {
   const program = new Command('tether')
@@ -20,6 +22,8 @@ export function buildProgram(): Command {
   });
   registerDevCommand(program);
   registerCertsCommand(program);
+  registerControlCommand(program);
+  registerXdsCommand(program);
   return program;
 }
 
