@@ -74,6 +74,8 @@ export const controlConfigSchema = z.object({
       capacity: z.number().int().min(1).default(4),
     })
     .optional(),
+  /** Operators' /metrics, /healthz, /readyz (loopback by default). */
+  admin: z.object({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(0) }).optional(),
   /** Accept file:// input/output URIs (dev only). */
   allowFileUris: z.boolean().default(false),
   scheduler: z.object({ enabled: z.boolean().default(true), maxWaitMs: z.number().int().min(100).default(30_000) }).default({ enabled: true, maxWaitMs: 30_000 }),

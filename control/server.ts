@@ -18,6 +18,7 @@ import type { Closable } from '../common/lifecycle.js';
 import { createLogger } from '../common/log.js';
 import type { Logger } from '../common/log.js';
 import { createRegistry } from '../common/metrics.js';
+import { AdminServer } from '../common/admin-server.js';
 import { INVALID_OPTIONS } from '../common/options.js';
 import { serviceDefinition } from '../xds/grpc-service.js';
 import { AgentChannel } from './agent-channel.js';
@@ -71,6 +72,7 @@ export class ControlServer implements Closable {
   readonly #http: HttpApi | null;
   readonly #scheduler: Scheduler | null;
   #agents: { channel: AgentChannel; grpc: GrpcServer; port: number } | null = null;
+  #admin: AdminServer | null = null;
   readonly #keyring: Keyring;
   readonly #keyFile: string | undefined;
   #keyTimer: NodeJS.Timeout | null = null;
@@ -124,6 +126,15 @@ export class ControlServer implements Closable {
           if (ca === undefined) throw new TetherError(INVALID_OPTIONS, 'control.agents needs control.identity (the CA that issues agent certificates)');
           await server.#startAgents(config.agents, ca, logger);
         }
+        if (config.admin !== undefined) {
+          server.#admin = new AdminServer({
+            registry: metrics,
+            host: config.admin.host,
+            port: config.admin.port,
+            readiness: () => ({ ready: true, details: { agents: server.agentChannel?.connected() ?? {} } }),
+          });
+          await server.#admin.listen();
+        }
         if (scheduler !== null) await scheduler.start();
         if (config.store.keyFile !== undefined) server.#watchKeyFile(config.store.keyReloadMs);
       } catch (reason) {
@@ -167,6 +178,11 @@ export class ControlServer implements Closable {
     const credentials = ServerCredentials.createSsl(Buffer.from(ca.trustBundlePem()), [{ cert_chain: Buffer.from(cert), private_key: Buffer.from(key) }], true);
     this.#agents = { channel, grpc, port: 0 };
     this.#agents.port = await bindGrpc(grpc, options.host, options.port, credentials);
+  }
+
+  /** The admin server's port (0 when not configured). */
+  get adminPort(): number {
+    return this.#admin?.address().port ?? 0;
   }
 
   /** The agents' channel listener's port (0 when not configured). */
@@ -264,6 +280,7 @@ export class ControlServer implements Closable {
       this.#agents.grpc.forceShutdown();
     }
     this.#grpc.forceShutdown();
+    await this.#admin?.close();
     if (this.#http !== null) {
       for (const socket of this.#http.sockets) socket.destroy();
       await new Promise<void>((resolve) => {

@@ -43,6 +43,7 @@ test.before(async () => {
       store: { path: ':memory:' },
       grpc: { port: 0, tls: { cert: 'cert.pem', key: 'key.pem' } },
       http: { port: 0 },
+      admin: { port: 0 },
       auth: { issuers: [{ issuer: issuerUrl, audience: AUDIENCE }] },
       bootstrapAdmins: ['alice'],
     },
@@ -176,4 +177,10 @@ test.serial('gRPC over TLS: the same handlers; codes travel in the tether-code t
   const listed = await grpcCall(pb.RunService.method.listRuns, { org: 'acme', project: 'p1', limit: 1 }, alice);
   t.is(listed.runs.length, 1);
   t.not(listed.nextPageToken, '');
+});
+
+test.serial('the admin server exposes per-method request counts by code', async (t) => {
+  const text = await (await fetch(`http://127.0.0.1:${env.server.adminPort}/metrics`)).text();
+  t.regex(text, /tether_control_requests_total\{method="RunService.CreateRun",code="OK"\} [1-9]/);
+  t.regex(text, /tether_control_requests_total\{method="RunService.ListRuns",code="CONTROL_UNAUTHENTICATED"\} [1-9]/);
 });
