@@ -318,8 +318,15 @@ export class XdsServer extends EventEmitter<XdsServerEvents> implements Closable
     return { host, port };
   }
 
+  #drained: Promise<void> | null = null;
+
   /** Stop taking streams, end open ones with OK (clients reconnect elsewhere), then close. */
-  drain = once(async (graceMs = 5000): Promise<void> => {
+  drain(graceMs = 5000): Promise<void> {
+    this.#drained ??= this.#drain(graceMs);
+    return this.#drained;
+  }
+
+  async #drain(graceMs: number): Promise<void> {
     this.#draining = true;
     const server = this.#grpc;
     for (const call of this.#calls.values()) if (!call.writableEnded) call.end();
@@ -333,11 +340,12 @@ export class XdsServer extends EventEmitter<XdsServerEvents> implements Closable
       server.tryShutdown(() => {
         if (timer === null) return;
         clearTimeout(timer);
+        timer = null;
         resolve();
       });
     });
     this.#grpc = null;
-  });
+  }
 
   close = once(async (): Promise<void> => {
     this.#draining = true;
