@@ -80,6 +80,7 @@ export class Scheduler {
   #timer: NodeJS.Timeout | null = null;
   #running: Promise<void> | null = null;
   #stopped = false;
+  #again = false;
 
   constructor(options: SchedulerOptions) {
     this.#options = options;
@@ -99,17 +100,23 @@ export class Scheduler {
   }
 
   #tick(): Promise<void> {
-    if (this.#running !== null) return this.#running;
+    if (this.#running !== null) {
+      // A change during a scan: scan once more when this one ends.
+      this.#again = true;
+      return this.#running;
+    }
     const now = this.#options.now ?? Date.now;
     this.#running = (async () => {
       let next: number | null = null;
-      try {
-        next = await this.#options.host.fireDue(now());
-      } catch (reason) {
-        this.#options.logger.error({ err: reason }, 'scheduler: firing due schedules failed');
-      } finally {
-        this.#running = null;
-      }
+      do {
+        this.#again = false;
+        try {
+          next = await this.#options.host.fireDue(now());
+        } catch (reason) {
+          this.#options.logger.error({ err: reason }, 'scheduler: firing due schedules failed');
+        }
+      } while (this.#again && !this.#stopped);
+      this.#running = null;
       if (this.#stopped) return;
       const maxWait = this.#options.maxWaitMs ?? 30_000;
       const wait = next === null ? maxWait : Math.min(maxWait, Math.max(0, next - now()));
