@@ -12,3 +12,8 @@ export { checkConsistency, validateFor, formatProblem } from './validate.js';
 export type { Problem } from './validate.js';
 export type { ClientStatus, ResourceClientStatus } from './csds.js';
 export { serviceDefinition, methodDefinition, methodPath, serializerFor, deserializerFor } from './grpc-service.js';
+export { ConfigFileSource, parseXdsConfig, configToSnapshotInput, XdsConfigSchema } from './config-file.js';
+export type { XdsConfig, ConfigFileEvents } from './config-file.js';
+export { edsCluster, loadAssignment, route, routeConfiguration, connectionManager, httpListener, apiListener, tlsSecret } from './builders.js';
+export type { ClusterSpec, EndpointSpec, RouteSpec, VirtualHostSpec } from './builders.js';
+export { HCM_TYPE_URL, ROUTER_TYPE_URL, connectionManagers, routeNamesOf, clusterRefsOf, edsNameOf } from './references.js';
