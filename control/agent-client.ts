@@ -65,6 +65,11 @@ export interface AgentClientOptions {
 
 type Stream = ClientDuplexStream<pb.AgentMessage, pb.ControlMessage>;
 
+interface Connection {
+  client: Client;
+  stream: Stream;
+}
+
 const connect = pb.AgentService.method.connect;
 const LOST = new Set(['PHASE_WRONG_CLUSTER', 'CONTROL_NOT_FOUND']);
 
@@ -75,8 +80,10 @@ export class AgentClient implements Closable {
   #pending: pb.PhaseEvent[] = [];
   readonly #inFlight = new Map<string, pb.PhaseEvent[]>();
   #batchSeq = 0;
-  #client: Client | null = null;
-  #stream: Stream | null = null;
+  /** The stream in use (welcomed or not yet). */
+  #current: Connection | null = null;
+  /** A stream opened with renewed credentials, promoted when welcomed. */
+  #next: { connection: Connection; welcomed: (welcome: pb.Welcome) => void; failed: (reason: Error) => void } | null = null;
   #welcome: pb.Welcome | null = null;
   #heartbeat: NodeJS.Timeout | null = null;
   #retry: NodeJS.Timeout | null = null;
@@ -139,48 +146,130 @@ export class AgentClient implements Closable {
 
   async #connect(): Promise<void> {
     if (this.#closed) return;
-    let creds: AgentCredentials;
+    let connection: Connection;
     try {
-      creds = await this.#options.credentials();
+      connection = await this.#open();
     } catch (reason) {
       this.#logger.warn({ err: reason }, 'agent credentials unavailable; retrying');
       this.#scheduleReconnect();
       return;
     }
-    if (this.#closed) return;
+    if (this.#closed) {
+      connection.stream.cancel();
+      connection.client.close();
+      return;
+    }
+    this.#current = connection;
+    this.#hello(connection);
+  }
+
+  /** Open a stream with the current credentials (not yet said Hello). */
+  async #open(): Promise<Connection> {
+    const creds = await this.#options.credentials();
     this.connects += 1;
     const client = new Client(this.#options.address, grpcCredentials.createSsl(Buffer.from(creds.ca), Buffer.from(creds.key), Buffer.from(creds.cert)));
     const stream: Stream = client.makeBidiStreamRequest(methodPath(connect), serializerFor(connect.input), deserializerFor(connect.output), new Metadata());
-    this.#client = client;
-    this.#stream = stream;
+    const connection = { client, stream };
     let done = false;
     const finish = (why: string): void => {
       if (done) return;
       done = true;
-      this.#disconnected(stream, client, why);
+      this.#disconnected(connection, why);
     };
-    stream.on('data', (message: pb.ControlMessage) => this.#receive(message));
+    stream.on('data', (message: pb.ControlMessage) => this.#receive(message, connection));
     stream.on('error', (error: Error) => finish(getErrorMessage(error)));
     stream.on('end', () => finish('stream ended'));
     stream.on('close', () => finish('stream closed'));
-    this.#send({ kind: { case: 'hello', value: { agentId: this.#options.agentId, version: 'tether', runningRunIds: this.#options.running(), capacity: this.#options.capacity ?? 0 } } });
+    return connection;
+  }
+
+  #hello(connection: Connection): void {
+    connection.stream.write(
+      create(pb.AgentMessageSchema, { kind: { case: 'hello', value: { agentId: this.#options.agentId, version: 'tether', runningRunIds: this.#options.running(), capacity: this.#options.capacity ?? 0 } } }),
+    );
+  }
+
+  /**
+   * Make before break (after a certificate renewal): open a second stream with the credentials
+   * now current; once it is welcomed it replaces the old one, whose unacknowledged events are
+   * sent again on the new stream. Resolves when the new stream is in use.
+   */
+  renew(): Promise<pb.Welcome> {
+    if (this.#closed) return Promise.reject(new Error('agent client is closed'));
+    if (this.#current === null || this.#welcome === null) return this.whenConnected();
+    if (this.#next !== null) {
+      const pending = this.#next;
+      return new Promise((resolve, reject) => {
+        const { welcomed, failed } = pending;
+        pending.welcomed = (welcome) => {
+          welcomed(welcome);
+          resolve(welcome);
+        };
+        pending.failed = (reason) => {
+          failed(reason);
+          reject(reason);
+        };
+      });
+    }
+    return new Promise((resolve, reject) => {
+      void this.#open().then(
+        (connection) => {
+          if (this.#closed) {
+            connection.stream.cancel();
+            connection.client.close();
+            reject(new Error('agent client is closed'));
+            return;
+          }
+          this.#next = { connection, welcomed: resolve, failed: reject };
+          this.#hello(connection);
+        },
+        (reason: unknown) => reject(reason instanceof Error ? reason : new Error(getErrorMessage(reason))),
+      );
+    });
   }
 
   #send(message: MessageInitShape<typeof pb.AgentMessageSchema>): void {
-    this.#stream?.write(create(pb.AgentMessageSchema, message));
+    this.#current?.stream.write(create(pb.AgentMessageSchema, message));
   }
 
-  #receive(message: pb.ControlMessage): void {
+  /** The renewed stream is welcomed: it becomes current; the old one is closed. */
+  #promote(connection: Connection): void {
+    const next = this.#next;
+    if (next === null || next.connection !== connection) return;
+    this.#next = null;
+    const old = this.#current;
+    this.#current = connection;
+    this.#requeueInFlight();
+    if (old !== null) {
+      old.stream.cancel();
+      old.client.close();
+    }
+    return;
+  }
+
+  #requeueInFlight(): void {
+    // Unacknowledged batches go out first again, in the order they were sent.
+    const unacked = [...this.#inFlight.entries()].sort(([a], [b]) => Number(a) - Number(b)).flatMap(([, events]) => events);
+    this.#inFlight.clear();
+    this.#pending = [...unacked, ...this.#pending];
+  }
+
+  #receive(message: pb.ControlMessage, connection: Connection): void {
     const kind = message.kind;
     switch (kind.case) {
-      case 'welcome':
+      case 'welcome': {
+        const renewal = this.#next !== null && this.#next.connection === connection ? this.#next : null;
+        if (renewal !== null) this.#promote(connection);
+        else if (connection !== this.#current) return;
         this.#welcome = kind.value;
         this.#backoff.reset();
         this.#startHeartbeat(kind.value.heartbeatIntervalMs);
         this.#options.onWelcome?.(kind.value);
         for (const resolve of this.#connectWaiters.splice(0)) resolve(kind.value);
+        renewal?.welcomed(kind.value);
         this.#flush();
         return;
+      }
       case 'assignment':
         this.#options.onAssignment(kind.value);
         return;
@@ -202,7 +291,7 @@ export class AgentClient implements Closable {
   }
 
   #flush(): void {
-    if (this.#welcome === null || this.#stream === null) return;
+    if (this.#welcome === null || this.#current === null) return;
     const maxBatch = this.#options.maxBatch ?? 256;
     const maxInFlight = this.#options.maxInFlight ?? 4;
     while (this.#pending.length > 0 && this.#inFlight.size < maxInFlight) {
@@ -227,19 +316,21 @@ export class AgentClient implements Closable {
     if (this.pendingEvents === 0) for (const resolve of this.#idleWaiters.splice(0)) resolve();
   }
 
-  #disconnected(stream: Stream, client: Client, why: string): void {
-    if (this.#stream === stream) {
-      this.#stream = null;
-      this.#client = null;
-      this.#welcome = null;
-      if (this.#heartbeat !== null) clearInterval(this.#heartbeat);
-      this.#heartbeat = null;
-      // Unacknowledged batches go out first again, in the order they were sent.
-      const unacked = [...this.#inFlight.entries()].sort(([a], [b]) => Number(a) - Number(b)).flatMap(([, events]) => events);
-      this.#inFlight.clear();
-      this.#pending = [...unacked, ...this.#pending];
+  #disconnected(connection: Connection, why: string): void {
+    connection.client.close();
+    if (this.#next !== null && this.#next.connection === connection) {
+      // The renewal stream failed; the current one carries on.
+      const { failed } = this.#next;
+      this.#next = null;
+      failed(new Error(`renewed stream failed: ${why}`));
+      return;
     }
-    client.close();
+    if (this.#current !== connection) return;
+    this.#current = null;
+    this.#welcome = null;
+    if (this.#heartbeat !== null) clearInterval(this.#heartbeat);
+    this.#heartbeat = null;
+    this.#requeueInFlight();
     if (this.#closed) return;
     this.#logger.info({ why }, 'control channel lost; reconnecting');
     this.#scheduleReconnect();
@@ -269,12 +360,13 @@ export class AgentClient implements Closable {
     if (this.#retry !== null) clearTimeout(this.#retry);
     if (this.#heartbeat !== null) clearInterval(this.#heartbeat);
     this.#retry = this.#heartbeat = null;
-    const stream = this.#stream;
-    const client = this.#client;
-    this.#stream = null;
-    this.#client = null;
+    for (const connection of [this.#current, this.#next?.connection]) {
+      connection?.stream.cancel();
+      connection?.client.close();
+    }
+    this.#next?.failed(new Error('agent client is closed'));
+    this.#current = null;
+    this.#next = null;
     this.#welcome = null;
-    stream?.cancel();
-    client?.close();
   }
 }
