@@ -123,6 +123,16 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE runs ADD COLUMN lease_until INTEGER;
     `,
   },
+  {
+    version: 3,
+    description: 'phase-transition log and audit log are append-only (triggers refuse UPDATE and DELETE)',
+    sql: `
+      CREATE TRIGGER run_events_append_only_update BEFORE UPDATE ON run_events BEGIN SELECT RAISE(ABORT, 'run_events is append-only'); END;
+      CREATE TRIGGER run_events_append_only_delete BEFORE DELETE ON run_events BEGIN SELECT RAISE(ABORT, 'run_events is append-only'); END;
+      CREATE TRIGGER audit_log_append_only_update BEFORE UPDATE ON audit_log BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+      CREATE TRIGGER audit_log_append_only_delete BEFORE DELETE ON audit_log BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+    `,
+  },
 ];
 
 /** Apply pending migrations; returns the schema version now in force. */

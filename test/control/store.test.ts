@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
-import { isTetherError } from '../../common/errors.js';
+import { getErrorCode, isTetherError } from '../../common/errors.js';
 import { ControlErrorCode } from '../../control/errors.js';
 import { decideEvent, Phase } from '../../control/phases.js';
 import { Keyring, newKek } from '../../control/store/keyring.js';
@@ -156,4 +156,25 @@ test('migrations are recorded in schema_version and a newer schema is refused', 
   t.is(Number(db.prepare('SELECT COUNT(*) AS n FROM schema_version').get()?.n), MIGRATIONS.length);
   db.prepare('INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)').run(999, 'future', Date.now());
   t.true(isTetherError(t.throws(() => migrate(db)), ControlErrorCode.STORE_SCHEMA_TOO_NEW));
+});
+
+test('the phase-transition log and the audit log are append-only in the database itself', async (t) => {
+  const store = SqliteStore.open({ path: ':memory:', keyring: new Keyring([newKek('k1')]) });
+  t.teardown(() => store.close());
+  await populate(store);
+  await store.appendAudit([{ at: 1, principal: 'user:a', operation: 'run.read', resource: 'x', result: 'OK' }]);
+  const refused = (sql: string): string | null => {
+    try {
+      store.db.prepare(sql).run();
+      return null;
+    } catch (reason) {
+      return getErrorCode(reason);
+    }
+  };
+  t.is(refused('UPDATE run_events SET phase = 1'), 'SQLITE_CONSTRAINT_TRIGGER');
+  t.is(refused('DELETE FROM run_events'), 'SQLITE_CONSTRAINT_TRIGGER');
+  t.is(refused("UPDATE audit_log SET result = 'OK'"), 'SQLITE_CONSTRAINT_TRIGGER');
+  t.is(refused('DELETE FROM audit_log'), 'SQLITE_CONSTRAINT_TRIGGER');
+  t.is(refused("UPDATE runs SET org = 'acme' WHERE id = 'r1'"), null);
+  t.is((await store.listEvents('r1')).length, 2);
 });
