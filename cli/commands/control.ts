@@ -1,6 +1,7 @@
 /** `tether control`: serve the control plane; `tether control rotate-key`: rotate the KEK. */
+import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { TetherError } from '../../common/errors.js';
+import { getErrorMessage, TetherError } from '../../common/errors.js';
 import { createLogger } from '../../common/log.js';
 import { handleSignals } from '../../common/shutdown.js';
 import { loadControlConfig } from '../../control/config.js';
@@ -42,5 +43,39 @@ export function registerControlCommand(program: Command): void {
         batchSize: Number(opts.batch),
       });
       process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+    });
+
+  control
+    .command('call <method> [json]')
+    .description('call the JSON API, e.g. `tether control call RunService/GetRun \'{"runId":"r…"}\'` (token from --token-file or TETHER_TOKEN)')
+    .option('--url <url>', 'the control plane\'s JSON/HTTP address', process.env.TETHER_CONTROL_URL ?? 'http://127.0.0.1:7080')
+    .option('--token-file <file>', 'file holding the bearer token')
+    .action(async (method: string, json: string | undefined, opts: { url: string; tokenFile?: string }) => {
+      const token = opts.tokenFile !== undefined ? (await readFile(opts.tokenFile, 'utf8')).trim() : process.env.TETHER_TOKEN;
+      const path = method.startsWith('/') ? method : `/${method.includes('.') ? method : `tether.control.v1.${method}`}`;
+      let response: Response;
+      try {
+        response = await fetch(new URL(path, opts.url), {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...(token === undefined || token === '' ? {} : { authorization: `Bearer ${token}` }) },
+          body: json ?? '{}',
+        });
+      } catch (reason) {
+        throw new TetherError('CONTROL_UNREACHABLE', `${opts.url}: ${getErrorMessage(reason)}`);
+      }
+      const text = await response.text();
+      if (!response.ok) {
+        let code = `HTTP_${response.status}`;
+        let message = text;
+        try {
+          const body = JSON.parse(text) as { code?: string; message?: string };
+          code = body.code ?? code;
+          message = body.message ?? message;
+        } catch {
+          // not JSON: keep the text
+        }
+        throw new TetherError(code, message);
+      }
+      process.stdout.write(`${JSON.stringify(JSON.parse(text), null, 2)}\n`);
     });
 }
