@@ -19,37 +19,68 @@ import type { Secret } from './gen/envoy/extensions/transport_sockets/tls/v3/sec
 import { RESOURCE_TYPES, TypeUrl } from './resource-types.js';
 import type { ResourceKind } from './resource-types.js';
 
+/** `envoy.service.discovery.v3.Resource` as an `Any` type URL (SotW resources wrapped for TTL). */
+export const RESOURCE_WRAPPER_TYPE_URL = 'type.googleapis.com/envoy.service.discovery.v3.Resource';
+
+/** Encode `envoy.service.discovery.v3.Resource{name=3, version=1, resource=2, ttl=6}`. */
+function resourceBytes(name: string, version: string, anyBytes: Uint8Array | null, ttlMs: number | null): Uint8Array {
+  const out = new BinaryWriter();
+  out.tag(3, WireType.LengthDelimited).string(name);
+  out.tag(1, WireType.LengthDelimited).string(version);
+  if (anyBytes !== null) out.tag(2, WireType.LengthDelimited).bytes(anyBytes);
+  if (ttlMs !== null) {
+    const duration = new BinaryWriter();
+    const seconds = Math.floor(ttlMs / 1000);
+    if (seconds !== 0) duration.tag(1, WireType.Varint).int64(seconds);
+    const nanos = (ttlMs % 1000) * 1_000_000;
+    if (nanos !== 0) duration.tag(2, WireType.Varint).int32(nanos);
+    out.tag(6, WireType.LengthDelimited).bytes(duration.finish());
+  }
+  return out.finish();
+}
+
+function wrap(typeUrl: string, value: Uint8Array): Uint8Array {
+  return toBinary(AnySchema, create(AnySchema, { typeUrl, value }));
+}
+
 /** One resource version, encoded once and shared. */
 export class EncodedResource {
   /** `Any` encoding, ready to be placed in `DiscoveryResponse.resources`. */
   readonly anyBytes: Uint8Array;
-  #deltaBytes: Uint8Array | null = null;
+  #delta: Uint8Array | null = null;
+  #deltaTtl: Uint8Array | null = null;
+  #wrapped: Uint8Array | null = null;
 
   constructor(
     readonly typeUrl: string,
     readonly name: string,
-    /** Content hash of `value`. */
+    /** Content hash of `value` (and of the TTL, when there is one). */
     readonly version: string,
     /** The decoded message (for validation, CSDS, consistency checks). */
     readonly message: Message,
     /** The message's protobuf encoding. */
     readonly value: Uint8Array,
+    /** Time to live for clients that support it (research/xds.md T1), or null. */
+    readonly ttlMs: number | null = null,
   ) {
-    this.anyBytes = toBinary(AnySchema, create(AnySchema, { typeUrl, value }));
+    this.anyBytes = wrap(typeUrl, value);
   }
 
-  /** `envoy.service.discovery.v3.Resource{name, version, resource}` encoding, for Delta. */
-  get deltaBytes(): Uint8Array {
-    if (this.#deltaBytes === null) {
-      // Resource: name = 3, version = 1, resource = 2 (envoy/service/discovery/v3/discovery.proto).
-      const out = new BinaryWriter();
-      out.tag(3, WireType.LengthDelimited).string(this.name);
-      out.tag(1, WireType.LengthDelimited).string(this.version);
-      out.tag(2, WireType.LengthDelimited).bytes(this.anyBytes);
-      this.#deltaBytes = out.finish();
-      return this.#deltaBytes;
-    }
-    return this.#deltaBytes;
+  /** `Resource{name, version, resource}` for Delta, with the TTL for clients that support it. */
+  deltaBytes(withTtl: boolean): Uint8Array {
+    if (withTtl && this.ttlMs !== null) return (this.#deltaTtl ??= resourceBytes(this.name, this.version, this.anyBytes, this.ttlMs));
+    return (this.#delta ??= resourceBytes(this.name, this.version, this.anyBytes, null));
+  }
+
+  /** SotW `Any` of a `Resource` wrapper carrying the TTL (for `xds.config.resource-in-sotw` clients). */
+  get wrappedAnyBytes(): Uint8Array {
+    return (this.#wrapped ??= wrap(RESOURCE_WRAPPER_TYPE_URL, resourceBytes(this.name, this.version, this.anyBytes, this.ttlMs)));
+  }
+
+  /** Heartbeat: the wrapper without the resource, refreshing the TTL of this version (T1). */
+  heartbeatBytes(sotw: boolean): Uint8Array {
+    const bytes = resourceBytes(this.name, this.version, null, this.ttlMs);
+    return sotw ? wrap(RESOURCE_WRAPPER_TYPE_URL, bytes) : bytes;
   }
 
   /** Approximate retained size, for accounting. */
@@ -65,6 +96,8 @@ export interface SnapshotInput {
   listeners?: Listener[];
   routes?: RouteConfiguration[];
   secrets?: Secret[];
+  /** Time to live of some resources, for clients advertising `xds.config.supports-resource-ttl`. */
+  ttl?: Array<{ kind: ResourceKind; name: string; ttlMs: number }>;
 }
 
 const NAME_OF: Record<ResourceKind, (message: Message) => string> = {
@@ -85,6 +118,20 @@ const INPUT_KEY: Record<ResourceKind, keyof SnapshotInput> = {
 
 function hash(bytes: Uint8Array | string): string {
   return createHash('sha256').update(bytes).digest('base64url').slice(0, 16);
+}
+
+function versionOf(value: Uint8Array, ttlMs: number | null): string {
+  const content = hash(value);
+  return ttlMs === null ? content : `${content}.ttl${ttlMs}`;
+}
+
+function ttlOf(input: SnapshotInput, kind: ResourceKind, name: string): number | null {
+  const entry = input.ttl?.find((t) => t.kind === kind && t.name === name);
+  if (entry === undefined) return null;
+  if (!Number.isInteger(entry.ttlMs) || entry.ttlMs <= 0) {
+    throw new TetherError('XDS_INVALID_RESOURCE', `${kind} "${name}": ttlMs must be a positive integer`);
+  }
+  return entry.ttlMs;
 }
 
 export class Snapshot {
@@ -133,9 +180,10 @@ export class Snapshot {
           throw new TetherError('XDS_DUPLICATE_RESOURCE', `${type.kind} "${name}" appears twice`, { details: { type: type.typeUrl, name } });
         }
         const value = toBinary(type.schema, message);
-        const version = hash(value);
+        const ttlMs = ttlOf(input, type.kind, name);
+        const version = versionOf(value, ttlMs);
         const reused = old?.get(name);
-        byName.set(name, reused !== undefined && reused.version === version ? reused : new EncodedResource(type.typeUrl, name, version, message, value));
+        byName.set(name, reused !== undefined && reused.version === version ? reused : new EncodedResource(type.typeUrl, name, version, message, value, ttlMs));
       }
       // An unchanged type keeps its map object: streams holding it compare by identity.
       let unchanged = old !== undefined && old.size === byName.size;
@@ -169,9 +217,10 @@ export class Snapshot {
         if (seen.has(name)) throw new TetherError('XDS_DUPLICATE_RESOURCE', `${type.kind} "${name}" appears twice`, { details: { type: type.typeUrl, name } });
         seen.add(name);
         const value = toBinary(type.schema, message);
-        const version = hash(value);
+        const ttlMs = ttlOf(changes, type.kind, name);
+        const version = versionOf(value, ttlMs);
         const current = byName.get(name);
-        if (current?.version !== version) byName.set(name, new EncodedResource(type.typeUrl, name, version, message, value));
+        if (current?.version !== version) byName.set(name, new EncodedResource(type.typeUrl, name, version, message, value, ttlMs));
       }
       for (const name of removals) if (byName.delete(name)) seen.add(name);
       resources.set(type.typeUrl, byName);

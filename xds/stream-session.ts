@@ -72,6 +72,9 @@ export interface ResponseSink {
 /** gRPC status INVALID_ARGUMENT. */
 const INVALID_ARGUMENT = 3;
 
+export const FEATURE_TTL = 'xds.config.supports-resource-ttl';
+export const FEATURE_RESOURCE_IN_SOTW = 'xds.config.resource-in-sotw';
+
 interface SotwOut {
   resources: EncodedResource[];
   /** Full-state types: the complete set the client will hold. */
@@ -97,6 +100,9 @@ export class StreamSession {
   readonly states = new Map<string, TypeState>();
   #nonce = 0;
   #closed = false;
+  /** T1/T2: the client advertises TTL support (and, for SotW, Resource-wrapped resources). */
+  #ttl = false;
+  #heartbeat: NodeJS.Timeout | null = null;
 
   constructor(
     readonly protocol: Protocol,
@@ -116,6 +122,8 @@ export class StreamSession {
 
   close(): void {
     this.#closed = true;
+    if (this.#heartbeat !== null) clearTimeout(this.#heartbeat);
+    this.#heartbeat = null;
   }
 
   // ---- requests -------------------------------------------------------------------------
@@ -128,6 +136,10 @@ export class StreamSession {
     }
     this.node = node;
     this.kind = clientKindOf(node);
+    // T2: honour client features. TTLs only for clients that support them; SotW clients must
+    // also accept Resource-wrapped resources.
+    const features = new Set(node.clientFeatures);
+    this.#ttl = features.has(FEATURE_TTL) && (this.protocol === 'delta' || features.has(FEATURE_RESOURCE_IN_SOTW));
     this.host.identified(this);
     return true;
   }
@@ -296,7 +308,7 @@ export class StreamSession {
       state.nacked.delete(name);
     }
     this.host.metrics.acks.inc({ type: label });
-    this.host.metrics.convergence.observe({ type: label }, (now - pending.changeTime) / 1000);
+    if (pending.heartbeat !== true) this.host.metrics.convergence.observe({ type: label }, (now - pending.changeTime) / 1000);
     this.host.settled({ session: this.id, nodeId: this.nodeId, client: this.kind, type: label, outcome: 'ack', version: pending.version, names: pending.names });
   }
 
@@ -453,7 +465,9 @@ export class StreamSession {
     const nonce = this.#nextNonce();
     const writer = new BinaryWriter();
     writer.tag(1, WireType.LengthDelimited).string(version);
-    for (const resource of out.resources) writer.tag(2, WireType.LengthDelimited).bytes(resource.anyBytes);
+    for (const resource of out.resources) {
+      writer.tag(2, WireType.LengthDelimited).bytes(this.#ttl && resource.ttlMs !== null ? resource.wrappedAnyBytes : resource.anyBytes);
+    }
     writer.tag(4, WireType.LengthDelimited).string(type.typeUrl);
     writer.tag(5, WireType.LengthDelimited).string(nonce);
     const bytes = writer.finish();
@@ -494,7 +508,7 @@ export class StreamSession {
     const nonce = this.#nextNonce();
     const writer = new BinaryWriter();
     writer.tag(1, WireType.LengthDelimited).string(version);
-    for (const resource of out.resources) writer.tag(2, WireType.LengthDelimited).bytes(resource.deltaBytes);
+    for (const resource of out.resources) writer.tag(2, WireType.LengthDelimited).bytes(resource.deltaBytes(this.#ttl));
     writer.tag(4, WireType.LengthDelimited).string(type.typeUrl);
     writer.tag(5, WireType.LengthDelimited).string(nonce);
     for (const name of out.removed) writer.tag(6, WireType.LengthDelimited).string(name);
@@ -539,6 +553,58 @@ export class StreamSession {
     this.host.metrics.responses.inc({ type: label });
     this.host.metrics.bytesSent.inc({ type: label }, byteLength);
     this.host.metrics.resourcesSent.inc({ type: label }, count);
+    this.#scheduleHeartbeat();
+  }
+
+  // ---- TTL heartbeats (T1) ---------------------------------------------------------------
+
+  /** Resources this client holds at their current version that carry a TTL, per type. */
+  #ttlHeld(view: Snapshot): Map<TypeState, EncodedResource[]> {
+    const held = new Map<TypeState, EncodedResource[]>();
+    for (const state of this.states.values()) {
+      const list: EncodedResource[] = [];
+      for (const resource of view.get(state.type.typeUrl).values()) {
+        if (resource.ttlMs === null) continue;
+        const holds = this.protocol === 'sotw' ? state.sent.get(resource.name)?.version === resource.version : state.known.get(resource.name) === resource.version;
+        if (holds) list.push(resource);
+      }
+      if (list.length > 0) held.set(state, list);
+    }
+    return held;
+  }
+
+  #scheduleHeartbeat(): void {
+    if (!this.#ttl || this.#heartbeat !== null || this.#closed) return;
+    const held = this.#ttlHeld(this.host.snapshotFor(this));
+    let shortest = Infinity;
+    for (const list of held.values()) for (const resource of list) shortest = Math.min(shortest, resource.ttlMs ?? Infinity);
+    if (shortest === Infinity) return;
+    this.#heartbeat = setTimeout(() => {
+      this.#heartbeat = null;
+      this.#sendHeartbeats();
+      this.#scheduleHeartbeat();
+    }, Math.max(10, Math.floor(shortest / 2)));
+  }
+
+  /** Refresh TTLs: a response of Resources without their payload, at the current version. */
+  #sendHeartbeats(): void {
+    if (this.#closed) return;
+    const view = this.host.snapshotFor(this);
+    for (const [state, list] of this.#ttlHeld(view)) {
+      if (state.pending !== null) continue; // the un-ACKed response will be ACKed first; next tick
+      const nonce = this.#nextNonce();
+      const writer = new BinaryWriter();
+      writer.tag(1, WireType.LengthDelimited).string(view.version(state.type.typeUrl));
+      for (const resource of list) writer.tag(2, WireType.LengthDelimited).bytes(resource.heartbeatBytes(this.protocol === 'sotw'));
+      writer.tag(4, WireType.LengthDelimited).string(state.type.typeUrl);
+      writer.tag(5, WireType.LengthDelimited).string(nonce);
+      const bytes = writer.finish();
+      state.pending = { nonce, version: view.version(state.type.typeUrl), names: [], versions: new Map(), changeTime: performance.now(), heartbeat: true };
+      state.lastNonce = nonce;
+      this.host.metrics.responses.inc({ type: state.type.kind });
+      this.host.metrics.bytesSent.inc({ type: state.type.kind }, bytes.byteLength);
+      this.sink.write(bytes);
+    }
   }
 
   /** Envoy finishes warming a changed cluster only after a new EDS response (O3). */

@@ -14,6 +14,8 @@ export interface Pending {
   versions: Map<string, string>;
   /** When the change it carries happened (`performance.now()`), for the convergence histogram. */
   changeTime: number;
+  /** A TTL heartbeat (T1), not a change. */
+  heartbeat?: boolean;
 }
 
 export interface NackRecord {

@@ -525,6 +525,4 @@ test('T3 PGV annotations are not enforced: a zero connect_timeout (PGV gt 0) is 
   t.deepEqual(namesOf(await ads.next()), ['c1', 'c2']);
 });
 
-test.todo('T1 TTL and heartbeats for clients advertising xds.config.supports-resource-ttl (not implemented)');
-test.todo('T2 client_features such as envoy.lb.does_not_support_overprovisioning (not acted on)');
-test.todo('T4 per-resource errors in DiscoveryResponse.resource_errors (not implemented)');
+test.todo('T4 per-resource errors (DiscoveryResponse.resource_errors): not in the pinned Envoy API protos, not implemented');
