@@ -25,7 +25,7 @@ import * as pb from './gen/tether/control/v1/control_pb.js';
 import { CODE_TRAILER } from './grpc-api.js';
 import { isTerminal, Phase, phaseName } from './phases.js';
 import type { AgentIdentity, ControlService, EventInput, Lease, RunChange } from './service.js';
-import type { RunError } from './store/repository.js';
+import type { ClusterRecord, RunError } from './store/repository.js';
 
 export const AgentChannelErrorCode = {
   /** The client certificate names no tether agent SPIFFE ID of our trust domain. */
@@ -34,7 +34,7 @@ export const AgentChannelErrorCode = {
   ID_MISMATCH: 'AGENT_ID_MISMATCH',
   /** The certificate's cluster is not registered. */
   UNKNOWN_CLUSTER: 'AGENT_UNKNOWN_CLUSTER',
-  /** The first message was not Hello, or Hello did not come in time. */
+  /** The first message was not Hello, or Hello did not come in time (a later Welcome is a registration update). */
   NO_HELLO: 'AGENT_NO_HELLO',
   /** No message (heartbeat or other) for three heartbeat intervals. */
   SILENT: 'AGENT_SILENT',
@@ -162,17 +162,7 @@ class Session {
     if (cluster === undefined) return this.fail(AgentChannelErrorCode.UNKNOWN_CLUSTER, status.NOT_FOUND, `cluster ${this.agent.clusterId} is not registered`);
     this.#capacity = hello.capacity > 0 ? hello.capacity : this.#channel.defaultCapacity;
     this.#welcomed = true;
-    this.write({
-      kind: {
-        case: 'welcome',
-        value: {
-          clusterId: cluster.id,
-          mode: cluster.mode === 'sovereign' ? pb.ClusterMode.SOVEREIGN : pb.ClusterMode.TUNNEL,
-          heartbeatIntervalMs: this.#channel.heartbeatIntervalMs,
-          leaseMs: this.#channel.leaseMs,
-        },
-      },
-    });
+    this.#sendWelcome(cluster);
     // Reconcile: what the agent runs and what the store says.
     for (const runId of hello.runningRunIds) {
       const run = await this.#channel.service.store.getRun(runId);
@@ -225,6 +215,27 @@ class Session {
       },
     });
     if (freed) this.offer();
+  }
+
+  #sendWelcome(cluster: ClusterRecord): void {
+    this.write({
+      kind: {
+        case: 'welcome',
+        value: {
+          clusterId: cluster.id,
+          mode: cluster.mode === 'sovereign' ? pb.ClusterMode.SOVEREIGN : pb.ClusterMode.TUNNEL,
+          heartbeatIntervalMs: this.#channel.heartbeatIntervalMs,
+          leaseMs: this.#channel.leaseMs,
+        },
+      },
+    });
+  }
+
+  /** The cluster's registration changed: a Welcome again carries the new mode. */
+  async welcomeAgain(): Promise<void> {
+    if (!this.#welcomed || this.#closed) return;
+    const cluster = await this.#channel.service.store.getCluster(this.agent.clusterId);
+    if (cluster !== undefined) this.#sendWelcome(cluster);
   }
 
   /** Lease queued runs up to capacity (one lease round at a time; a request during one repeats it). */
@@ -318,7 +329,8 @@ export class AgentChannel {
   #onChange(change: RunChange): void {
     for (const session of this.#sessions.get(change.clusterId) ?? []) {
       if (change.kind === 'queued') session.offer();
-      else session.abort(change.runId, change.reason);
+      else if (change.kind === 'aborting') session.abort(change.runId, change.reason);
+      else void session.welcomeAgain();
     }
   }
 

@@ -113,7 +113,11 @@ export interface SelectedCluster {
 }
 
 /** What the agent channel hears about: runs queued for a cluster, runs to abort. */
-export type RunChange = { kind: 'queued'; clusterId: string } | { kind: 'aborting'; clusterId: string; runId: string; reason: string };
+export type RunChange =
+  | { kind: 'queued'; clusterId: string }
+  | { kind: 'aborting'; clusterId: string; runId: string; reason: string }
+  /** The cluster's registration changed (mode, endpoint): connected agents get a fresh Welcome. */
+  | { kind: 'cluster'; clusterId: string };
 
 /** An agent authenticated by its workload certificate (the channel), not by RBAC. */
 export interface AgentIdentity {
@@ -351,6 +355,7 @@ export class ControlService {
         updatedAt: now,
       };
       await this.store.putCluster(cluster);
+      if (existing !== undefined) this.#emit({ kind: 'cluster', clusterId: id });
       return cluster;
     });
   }

@@ -181,6 +181,9 @@ test('an agent is welcomed, leased its cluster\'s runs, reports phases (repeats 
   agent.events('4', [{ runId: second.id, phase: Phase.ABORTED }]);
   t.is((await agent.next('eventsAck', (value) => value.batchId === '4')).outcomes[0]?.status, 'APPLIED');
   t.is((await server.service.getRun(alice, second.id)).phase, Phase.ABORTED);
+  // A registration change reaches the connected agent as a fresh Welcome.
+  await server.service.registerCluster(alice, { org: 'acme', id: 'c1', mode: 'sovereign', endpoint: 'router.corp.internal', issuer: 'https://i.example', audience: 'a', allowedSubjects: ['s'] });
+  t.like(await agent.next('welcome'), { clusterId: 'c1', mode: pb.ClusterMode.SOVEREIGN });
   t.deepEqual(server.agentChannel?.connected(), { c1: ['a1'] });
   await server.drain(1_000);
 });

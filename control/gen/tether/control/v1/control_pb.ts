@@ -1951,6 +1951,10 @@ export const AgentMessageSchema: GenMessage<AgentMessage> = /*@__PURE__*/
   messageDesc(file_tether_control_v1_control, 66);
 
 /**
+ * Sent after Hello, and again whenever the cluster's registration changes (e.g. its mode): the
+ * agent applies the newest. Leaving sovereign mode still needs the customer's local approval on
+ * the agent side; the control plane cannot downgrade a cluster by itself (DESIGN.md I6).
+ *
  * @generated from message tether.control.v1.Welcome
  */
 export type Welcome = Message<"tether.control.v1.Welcome"> & {
