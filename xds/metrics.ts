@@ -11,6 +11,7 @@ export interface XdsMetrics {
   bytesSent: Counter<'type'>;
   resourcesSent: Counter<'type'>;
   snapshotsRefused: Counter<'reason'>;
+  servedInvalid: Counter<'kind' | 'type'>;
 }
 
 export function createXdsMetrics(registry: Registry): XdsMetrics {
@@ -29,6 +30,12 @@ export function createXdsMetrics(registry: Registry): XdsMetrics {
     }),
     bytesSent: new Counter({ name: 'tether_xds_sent_bytes_total', help: 'Encoded response bytes sent, by resource type.', labelNames: ['type'], registers }),
     resourcesSent: new Counter({ name: 'tether_xds_sent_resources_total', help: 'Resources sent in responses, by resource type.', labelNames: ['type'], registers }),
+    servedInvalid: new Counter({
+      name: 'tether_xds_served_invalid_total',
+      help: 'Resources sent to a client whose kind is expected to reject them (it subscribed after they were published).',
+      labelNames: ['kind', 'type'],
+      registers,
+    }),
     snapshotsRefused: new Counter({ name: 'tether_xds_snapshots_refused_total', help: 'Snapshots refused before publishing (inconsistent, or invalid for a connected client kind).', labelNames: ['reason'], registers }),
   };
 }

@@ -29,6 +29,7 @@ import type { Node } from './gen/envoy/config/core/v3/base_pb.js';
 import type { Cluster } from './gen/envoy/config/cluster/v3/cluster_pb.js';
 import type { XdsMetrics } from './metrics.js';
 import { edsNameOf } from './references.js';
+import { formatProblem, problemsOf } from './validate.js';
 import { RESOURCE_TYPES, TypeUrl, resourceTypeByUrl } from './resource-types.js';
 import type { ResourceType } from './resource-types.js';
 import type { EncodedResource, Snapshot } from './snapshot.js';
@@ -498,6 +499,7 @@ export class StreamSession {
       }
     }
     this.#recordSend(state, nonce, version, versions, now, bytes.byteLength, out.resources.length);
+    this.#warnInvalid(state, out.full === null ? out.resources : out.resources.filter((r) => versions.has(r.name)));
     this.sink.write(bytes);
     this.#resendEndpointsOf(changedClusters);
   }
@@ -530,8 +532,26 @@ export class StreamSession {
     }
     state.forcedRemovals.clear();
     this.#recordSend(state, nonce, version, versions, now, bytes.byteLength, out.resources.length);
+    this.#warnInvalid(state, out.resources);
     this.sink.write(bytes);
     this.#resendEndpointsOf(changedClusters);
+  }
+
+  /**
+   * Validation by the rules of the client that asks: resources published before a client of this
+   * kind subscribed were not checked for it. They are still sent (withholding would only make the
+   * client wait for a timeout) but counted and logged, naming resource and field.
+   */
+  #warnInvalid(state: TypeState, resources: EncodedResource[]): void {
+    for (const resource of resources) {
+      const problems = problemsOf(this.kind, state.type.kind, resource);
+      if (problems.length === 0) continue;
+      this.host.metrics.servedInvalid.inc({ kind: this.kind, type: state.type.kind });
+      this.host.logger.warn(
+        { session: this.id, node: this.nodeId, kind: this.kind, problems: problems.map(formatProblem) },
+        'serving a resource this client kind is expected to reject',
+      );
+    }
   }
 
   #recordSend(state: TypeState, nonce: string, version: string, versions: Map<string, string>, now: number, byteLength: number, count: number): void {

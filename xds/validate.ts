@@ -18,8 +18,9 @@ import type { RouteConfiguration } from './gen/envoy/config/route/v3/route_pb.js
 import type { HttpConnectionManager } from './gen/envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager_pb.js';
 import type { ClientKind } from './client-kind.js';
 import { ROUTER_TYPE_URL, clusterRefsOf, connectionManagers, edsNameOf, inlineClusterRefsOf, routeNamesOf } from './references.js';
+import { RESOURCE_TYPES } from './resource-types.js';
 import type { ResourceKind } from './resource-types.js';
-import type { Snapshot } from './snapshot.js';
+import type { EncodedResource, Snapshot } from './snapshot.js';
 
 export interface Problem {
   kind: ResourceKind;
@@ -63,21 +64,35 @@ export type InterestFilter = (kind: ResourceKind, name: string) => boolean;
 
 export function validateFor(clientKind: ClientKind, snapshot: Snapshot, interested: InterestFilter | null = null): Problem[] {
   const problems: Problem[] = [];
-  const wanted = (kind: ResourceKind, name: string) => interested === null || interested(kind, name);
-  const grpc = clientKind === 'grpc';
-  for (const listener of snapshot.messages<Listener>('listener')) {
-    if (wanted('listener', listener.name)) problems.push(...checkListener(listener, grpc));
-  }
-  for (const routes of snapshot.messages<RouteConfiguration>('route')) {
-    if (wanted('route', routes.name)) problems.push(...checkRoutes(routes, grpc, 'route', routes.name, ''));
-  }
-  for (const cluster of snapshot.messages<Cluster>('cluster')) {
-    if (wanted('cluster', cluster.name)) problems.push(...checkCluster(cluster, grpc));
-  }
-  for (const assignment of snapshot.messages<ClusterLoadAssignment>('endpoint')) {
-    if (wanted('endpoint', assignment.clusterName)) problems.push(...checkAssignment(assignment, grpc));
+  for (const type of RESOURCE_TYPES) {
+    for (const resource of snapshot.get(type.typeUrl).values()) {
+      if (interested !== null && !interested(type.kind, resource.name)) continue;
+      problems.push(...problemsOf(clientKind, type.kind, resource));
+    }
   }
   return problems;
+}
+
+const MEMO = new WeakMap<EncodedResource, { envoy?: Problem[]; grpc?: Problem[] }>();
+
+/** Problems one resource has for a client kind; memoised per resource version (shared objects). */
+export function problemsOf(clientKind: ClientKind, kind: ResourceKind, resource: EncodedResource): Problem[] {
+  const rules = clientKind === 'grpc' ? 'grpc' : 'envoy';
+  let memo = MEMO.get(resource);
+  if (memo === undefined) {
+    memo = {};
+    MEMO.set(resource, memo);
+  }
+  const cached = memo[rules];
+  if (cached !== undefined) return cached;
+  const grpc = rules === 'grpc';
+  let found: Problem[] = [];
+  if (kind === 'listener') found = checkListener(resource.message as Listener, grpc);
+  else if (kind === 'route') found = checkRoutes(resource.message as RouteConfiguration, grpc, 'route', resource.name, '');
+  else if (kind === 'cluster') found = checkCluster(resource.message as Cluster, grpc);
+  else if (kind === 'endpoint') found = checkAssignment(resource.message as ClusterLoadAssignment, grpc);
+  memo[rules] = found;
+  return found;
 }
 
 function adsOrSelf(source: ConfigSource | undefined): boolean {

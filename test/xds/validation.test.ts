@@ -141,3 +141,11 @@ test('updateSnapshot encodes only what changed, keeps the rest shared, and is ch
   t.true(isTetherError(error, 'XDS_SNAPSHOT_INCONSISTENT'));
   t.is(server.snapshot(), after);
 });
+
+test('a client kind that subscribes after publication is validated when served: counted and logged by resource', async (t) => {
+  const { client, server } = await rig(t, baseInput({ clusters: [edsCluster({ name: 'c1', lbPolicy: 'MAGLEV' }), edsCluster({ name: 'c2' })] }));
+  const grpc = client.sotw();
+  grpc.send(sotwRequest({ node: grpcNode(), typeUrl: TypeUrl.cluster, resourceNames: ['c1', 'c2'] }));
+  t.deepEqual(namesOf(await grpc.next()), ['c1', 'c2']);
+  t.regex(await server.registry.getSingleMetricAsString('tether_xds_served_invalid_total'), /kind="grpc",type="cluster"\} 1/);
+});
