@@ -2,7 +2,9 @@
  * Control-plane throughput with encryption at rest on: runs created per second and phase events
  * per second, through ControlService (RBAC check, metadata-only validation, sealing, audit) on a
  * SQLite file in WAL mode. Batches stand for what the API carries: CreateRuns of `RUN_BATCH`
- * runs, and an agent's ReportEvents of `EVENT_BATCH` events, each one transaction.
+ * runs, and an agent's ReportEvents of `EVENT_BATCH` events, each one transaction. Then the same
+ * over the network: CreateRuns over JSON/HTTP with a verified bearer token per request, and phase
+ * events over the agents' mTLS channel (AgentClient).
  *
  *   node --import tsx benchmarks/control.ts
  */
@@ -10,7 +12,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { CertificateAuthority } from '../certs/certificate-authority.js';
+import { silentLogger } from '../common/log.js';
+import { DevOidcIssuer } from '../certs/dev-oidc-issuer.js';
+import { AgentClient } from '../control/agent-client.js';
+import { parseControlConfig } from '../control/config.js';
 import { Phase } from '../control/phases.js';
+import { ControlServer } from '../control/server.js';
 import { ControlService, userCaller } from '../control/service.js';
 import type { CreateRunInput, EventInput } from '../control/service.js';
 import { Keyring, newKek } from '../control/store/keyring.js';
@@ -19,6 +27,67 @@ import { SqliteStore } from '../control/store/sqlite-store.js';
 const RUNS = 20_000;
 const RUN_BATCH = 100;
 const EVENT_BATCH = 500;
+
+/**
+ * The same work end to end over the network: CreateRuns over JSON/HTTP (100 per request, bearer
+ * JWT verified on every call) and phase events over the agents' mTLS channel (AgentClient batches).
+ */
+async function overTheWire(dir: string): Promise<Record<string, number>> {
+  const issuer = new DevOidcIssuer();
+  const issuerUrl = await issuer.listen();
+  const ca = await CertificateAuthority.create({ trustDomain: 'bench.test' });
+  const server = await ControlServer.start(
+    parseControlConfig({
+      org: 'acme', store: { path: join(dir, 'wire.db') }, grpc: { port: 0 }, http: { port: 0 }, auth: { issuers: [{ issuer: issuerUrl, audience: 'tether' }] },
+      bootstrapAdmins: ['bench'], agents: { port: 0, capacity: 100_000, pollMs: 60_000 }, scheduler: { enabled: false },
+    }),
+    { ca, env: { TETHER_CONTROL_KEK: newKek().key.toString('base64') }, logger: silentLogger() },
+  );
+  let agent: AgentClient | null = null;
+  try {
+    const token = await issuer.mint({ subject: 'bench', audience: 'tether' });
+    const post = async (path: string, body: unknown): Promise<Record<string, unknown>> => {
+      const response = await fetch(`http://127.0.0.1:${server.httpPort}/tether.control.v1.${path}`, { method: 'POST', headers: { authorization: `Bearer ${token}` }, body: JSON.stringify(body) });
+      if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
+      return (await response.json()) as Record<string, unknown>;
+    };
+    const scope = { org: 'acme', project: 'bench', domain: 'dev' };
+    await post('ClusterService/RegisterCluster', { cluster: { id: 'c1', org: 'acme', mode: 'CLUSTER_MODE_TUNNEL', endpoint: 'https://c1.example', issuer: 'https://i.example', audience: 'tether', allowedSubjects: ['agent'] } });
+    await post('TaskService/RegisterTask', { scope, name: 'train', version: 'v1', spec: { command: 'python', args: ['-m', 'train'], env: { A: 'b' } } });
+    const runs = 5_000;
+    const ids: string[] = [];
+    let started = process.hrtime.bigint();
+    for (let i = 0; i < runs; i += RUN_BATCH) {
+      const batch = Array.from({ length: RUN_BATCH }, (_, k) => ({ scope, taskName: 'train', taskVersion: 'v1', inputs: { data: `s3://bench-bucket/${i + k}/in.parquet` } }));
+      const created = (await post('RunService/CreateRuns', { runs: batch })).runs as Array<{ id: string }>;
+      for (const entry of created) ids.push(entry.id);
+    }
+    const httpSeconds = Number(process.hrtime.bigint() - started) / 1e9;
+
+    const tls = await ca.issueWorkload({ clusterId: 'c1', agentId: 'bench-agent' });
+    const client = new AgentClient({
+      address: `localhost:${server.agentPort}`,
+      agentId: 'bench-agent',
+      credentials: () => ({ key: tls.privateKeyPem ?? '', cert: tls.chainPem, ca: ca.trustBundlePem() }),
+      running: () => [],
+      onAssignment: () => {},
+      onAbort: () => {},
+      maxBatch: EVENT_BATCH,
+    });
+    agent = client;
+    client.start();
+    await client.whenConnected();
+    started = process.hrtime.bigint();
+    for (const phase of [Phase.INITIALIZING, Phase.RUNNING, Phase.SUCCEEDED]) for (const id of ids) client.report({ runId: id, phase });
+    await client.whenIdle();
+    const channelSeconds = Number(process.hrtime.bigint() - started) / 1e9;
+    return { httpRunsPerSec: Math.round(runs / httpSeconds), channelEventsPerSec: Math.round((ids.length * 3) / channelSeconds) };
+  } finally {
+    await agent?.close();
+    await server.close();
+    await issuer.close();
+  }
+}
 
 export async function run(): Promise<Record<string, number>> {
   const dir = mkdtempSync(join(tmpdir(), 'tether-bench-control-'));
@@ -79,6 +148,8 @@ export async function run(): Promise<Record<string, number>> {
     for (const id of singles) await service.reportEvents(agent, 'acme', 'c1', [{ runId: id, phase: Phase.RUNNING }]);
     const singleEventSeconds = Number(process.hrtime.bigint() - started) / 1e9;
 
+    const wire = await overTheWire(dir);
+
     return {
       runs: RUNS,
       runBatch: RUN_BATCH,
@@ -89,6 +160,7 @@ export async function run(): Promise<Record<string, number>> {
       getRunPerSec: Math.round(reads / readSeconds),
       unbatchedRunsPerSec: Math.round(single / singleRunSeconds),
       unbatchedEventsPerSec: Math.round(single / singleEventSeconds),
+      ...wire,
     };
   } finally {
     await store.close();
