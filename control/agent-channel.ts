@@ -104,6 +104,8 @@ class Session {
   #offering = false;
   #offerAgain = false;
   #closed = false;
+  /** The end of this session is already in the audit log (a refusal). */
+  #audited = false;
   #helloTimer: NodeJS.Timeout | null;
   #pollTimer: NodeJS.Timeout | null = null;
   #watchdog: NodeJS.Timeout | null = null;
@@ -162,6 +164,7 @@ class Session {
     if (cluster === undefined) return this.fail(AgentChannelErrorCode.UNKNOWN_CLUSTER, status.NOT_FOUND, `cluster ${this.agent.clusterId} is not registered`);
     this.#capacity = hello.capacity > 0 ? hello.capacity : this.#channel.defaultCapacity;
     this.#welcomed = true;
+    this.#audit('agent.connect', 'OK');
     this.#sendWelcome(cluster);
     // Reconcile: what the agent runs and what the store says.
     for (const runId of hello.runningRunIds) {
@@ -278,8 +281,16 @@ class Session {
     this.#stream.write(create(pb.ControlMessageSchema, message));
   }
 
+  #audit(operation: string, result: string): void {
+    void this.#channel.service
+      .audit({ principal: `agent:${this.agent.clusterId}/${this.agent.agentId}`, operation, resource: `cluster/${this.agent.clusterId}`, result })
+      .catch((reason: unknown) => this.#channel.logger.error({ err: reason }, 'audit write failed'));
+  }
+
   fail(code: string, grpcStatus: status, message: string): void {
     if (this.#closed) return;
+    this.#audit(this.#welcomed ? 'agent.disconnect' : 'agent.connect', code);
+    this.#audited = true;
     const trailer = new Metadata();
     trailer.set(CODE_TRAILER, code);
     this.#channel.logger.info({ ...this.agent, code }, `agent stream refused: ${message}`);
@@ -289,6 +300,7 @@ class Session {
 
   close(): void {
     if (this.#closed) return;
+    if (this.#welcomed && !this.#audited) this.#audit('agent.disconnect', 'OK');
     this.#closed = true;
     for (const timer of [this.#helloTimer, this.#watchdog]) if (timer !== null) clearTimeout(timer);
     if (this.#pollTimer !== null) clearInterval(this.#pollTimer);
@@ -348,6 +360,7 @@ export class AgentChannel {
       agent = agentIdentityOf(stream.getAuthContext().sslPeerCertificate?.subjectaltname, this.trustDomain);
     } catch (reason) {
       const error = TetherError.from(reason);
+      void this.service.audit({ principal: 'anonymous', operation: 'agent.connect', resource: '', result: error.code }).catch(() => {});
       const trailer = new Metadata();
       trailer.set(CODE_TRAILER, error.code);
       stream.emit('error', { code: status.UNAUTHENTICATED, details: `[${error.code}] ${error.rawMessage}`, metadata: trailer });

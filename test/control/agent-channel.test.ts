@@ -201,6 +201,8 @@ test('refusals: unregistered cluster, Hello naming another agent, no Hello first
   const rude = await w.agent(server, 'c1', 'a1');
   rude.send({ kind: { case: 'heartbeat', value: { running: 0 } } });
   t.is((await rude.ended).code, 'AGENT_NO_HELLO');
+  const log = (await server.service.listAudit(alice, 'acme', { operation: 'agent.connect' }, 50, '')).items.map((entry) => `${entry.principal} ${entry.result}`);
+  t.deepEqual(log.reverse(), ['agent:c9/a1 AGENT_UNKNOWN_CLUSTER', 'agent:c1/a1 AGENT_ID_MISMATCH', 'agent:c1/a1 AGENT_NO_HELLO']);
   // Without a client certificate the TLS handshake itself is refused.
   const socket = tlsConnect({ host: '127.0.0.1', port: server.agentPort, ca: w.pki.trustBundlePem, servername: 'localhost', ALPNProtocols: ['h2'] });
   const failure = await new Promise<string>((resolve) => {
