@@ -127,10 +127,11 @@ async function waitForTunnel(plainUrl: string): Promise<void> {
   throw new Error(`no request got through the tunnel within 10 s: ${last}`);
 }
 
-async function memory(entry: Tracked): Promise<number> {
+type Memory = Extract<StackMessage, { type: 'memory' }>;
+
+async function memory(entry: Tracked): Promise<Memory> {
   entry.child.send({ type: 'memory' });
-  const reply = await nextMessage(entry, ofType<Extract<StackMessage, { type: 'memory' }>>('memory'), 30_000, 'memory reading');
-  return reply.rss;
+  return nextMessage(entry, ofType<Memory>('memory'), 30_000, 'memory reading');
 }
 
 export async function run(args: string[] = []): Promise<Record<string, unknown>> {
@@ -334,7 +335,7 @@ async function idleWebSockets(processes: Processes, dir: string, config: StackCo
     await processes.stop(warm);
     await new Promise((resolve) => setTimeout(resolve, 1_000));
     const before = { gateway: await memory(stack.gateway), agent: await memory(stack.agent) };
-    log(`idle WebSockets: baseline RSS gateway ${mib(before.gateway)}, agent ${mib(before.agent)}; opening ${count}`);
+    log(`idle WebSockets: baseline RSS gateway ${mib(before.gateway.rss)}, agent ${mib(before.agent.rss)}; opening ${count}`);
     const clients = processes.spawnNode('websocket clients', 'tunnel-ws-clients.ts', [stack.plainUrl, String(count), CLUSTER_HEADER]);
     const opened = await nextMessage(clients, ofType<Extract<WsClientsMessage, { type: 'opened' }>>('opened'), 300_000, `${count} WebSockets`);
     upstream.child.send({ type: 'count' });
@@ -342,6 +343,7 @@ async function idleWebSockets(processes: Processes, dir: string, config: StackCo
     await new Promise((resolve) => setTimeout(resolve, 2_000));
     const after = { gateway: await memory(stack.gateway), agent: await memory(stack.agent) };
     const perSocket = (bytes: number): number => (opened.ok > 0 ? Math.round((bytes / opened.ok / 1024) * 10) / 10 : NaN);
+    const delta = (field: 'rss' | 'heapUsed' | 'external' | 'arrayBuffers', who: 'gateway' | 'agent'): number => after[who][field] - before[who][field];
     const result = {
       requested: count,
       opened: opened.ok,
@@ -349,13 +351,16 @@ async function idleWebSockets(processes: Processes, dir: string, config: StackCo
       firstError: opened.firstError,
       openSeconds: Math.round(opened.ms / 100) / 10,
       heldAtUpstream: atUpstream.webSockets,
-      rssBeforeMiB: { gateway: toMiB(before.gateway), agent: toMiB(before.agent) },
-      rssAfterMiB: { gateway: toMiB(after.gateway), agent: toMiB(after.agent) },
+      rssBeforeMiB: { gateway: toMiB(before.gateway.rss), agent: toMiB(before.agent.rss) },
+      rssAfterMiB: { gateway: toMiB(after.gateway.rss), agent: toMiB(after.agent.rss) },
       kibPerSocket: {
-        gateway: perSocket(after.gateway - before.gateway),
-        agent: perSocket(after.agent - before.agent),
-        total: perSocket(after.gateway - before.gateway + after.agent - before.agent),
+        gateway: perSocket(delta('rss', 'gateway')),
+        agent: perSocket(delta('rss', 'agent')),
+        total: perSocket(delta('rss', 'gateway') + delta('rss', 'agent')),
       },
+      /** Of which on the JS heap (after a full GC), and in external memory (Buffers and the like). */
+      heapKibPerSocket: { gateway: perSocket(delta('heapUsed', 'gateway')), agent: perSocket(delta('heapUsed', 'agent')) },
+      externalKibPerSocket: { gateway: perSocket(delta('external', 'gateway')), agent: perSocket(delta('external', 'agent')) },
       agentMaxConcurrentStreams: config.maxConcurrentStreams,
     };
     log(`idle WebSockets: ${JSON.stringify(result)}`);
