@@ -1,6 +1,6 @@
 /** Public surface of the xDS component. */
 export { XdsServer, DEFAULT_GROUP } from './server.js';
-export type { XdsServerOptions, XdsServerEvents, PublishOptions, ListenOptions } from './server.js';
+export type { XdsServerOptions, XdsServerEvents, PublishOptions, ListenOptions, RollbackEvent } from './server.js';
 export type { SettleEvent } from './stream-session.js';
 export { Snapshot, EncodedResource } from './snapshot.js';
 export type { SnapshotInput } from './snapshot.js';

@@ -30,7 +30,7 @@ import { serviceDefinition } from './grpc-service.js';
 import { createXdsMetrics } from './metrics.js';
 import { decodeDiscoveryRequest } from './request-decoder.js';
 import type { XdsMetrics } from './metrics.js';
-import { RESOURCE_TYPES } from './resource-types.js';
+import { RESOURCE_TYPES, TypeUrl } from './resource-types.js';
 import type { ResourceKind, ResourceType } from './resource-types.js';
 import { Snapshot } from './snapshot.js';
 import type { SnapshotInput } from './snapshot.js';
@@ -49,6 +49,21 @@ export interface XdsServerOptions {
   nodeGroup?: (node: Node) => string;
   /** Client kinds to validate every snapshot for, connected or not (default: none). */
   validateFor?: ClientKind[];
+  /**
+   * When a client NACKs the current version of a type, put the group's previous snapshot back
+   * (once; the rolled-back-from snapshot is not retried). Default false: NACKs are recorded and
+   * the rejected version is not re-sent, but the snapshot stays as published.
+   */
+  rollbackOnNack?: boolean;
+}
+
+/** A snapshot put back after a NACK. */
+export interface RollbackEvent {
+  group: string;
+  /** The NACK that caused it. */
+  cause: SettleEvent;
+  from: Snapshot;
+  to: Snapshot;
 }
 
 export interface PublishOptions {
@@ -74,6 +89,8 @@ export interface XdsServerEvents {
   ack: [SettleEvent];
   /** A client NACKed a response (error_detail in `message`). */
   nack: [SettleEvent];
+  /** `rollbackOnNack`: the previous snapshot was put back. */
+  rollback: [RollbackEvent];
 }
 
 export class XdsServer extends EventEmitter<XdsServerEvents> implements Closable {
@@ -82,6 +99,9 @@ export class XdsServer extends EventEmitter<XdsServerEvents> implements Closable
   readonly logger: Logger;
   readonly #nodeGroup: (node: Node) => string;
   readonly #validateFor: ClientKind[];
+  readonly #rollbackOnNack: boolean;
+  /** Per group, the snapshot before the current one (for rollbackOnNack). */
+  readonly #previous = new Map<string, Snapshot>();
   readonly #snapshots = new Map<string, Snapshot>();
   readonly #sessions = new Set<StreamSession>();
   readonly #calls = new Map<StreamSession, Duplex<unknown>>();
@@ -95,6 +115,7 @@ export class XdsServer extends EventEmitter<XdsServerEvents> implements Closable
     this.logger = options.logger ?? silentLogger();
     this.#nodeGroup = options.nodeGroup ?? (() => DEFAULT_GROUP);
     this.#validateFor = options.validateFor ?? [];
+    this.#rollbackOnNack = options.rollbackOnNack ?? false;
     for (const kind of CLIENT_KINDS) this.metrics.connectedClients.set({ kind }, 0);
   }
 
@@ -142,6 +163,8 @@ export class XdsServer extends EventEmitter<XdsServerEvents> implements Closable
         throw refusal('XDS_VALIDATION_FAILED', 'snapshot refused: a client would reject it', problems);
       }
     }
+    const replaced = this.#snapshots.get(group);
+    if (replaced !== undefined) this.#previous.set(group, replaced);
     this.#snapshots.set(group, snapshot);
     for (const session of readers) session.onSnapshot(snapshot);
     return snapshot;
@@ -154,6 +177,20 @@ export class XdsServer extends EventEmitter<XdsServerEvents> implements Closable
   updateSnapshot(changes: SnapshotInput, options: PublishOptions & { remove?: Partial<Record<ResourceKind, string[]>> } = {}): Snapshot {
     const group = options.group ?? DEFAULT_GROUP;
     return this.setSnapshot(Snapshot.patch(this.snapshot(group), changes, options.remove), options);
+  }
+
+  /** Put back the previous snapshot of `group` if the NACKed version is still the current one. */
+  #rollback(group: string, cause: SettleEvent): void {
+    const current = this.#snapshots.get(group);
+    const previous = this.#previous.get(group);
+    if (current === undefined || previous === undefined) return;
+    if (current.version(TypeUrl[cause.type]) !== cause.version) return; // already replaced
+    this.#previous.delete(group); // once: never bounce between two snapshots
+    this.#snapshots.set(group, previous);
+    this.logger.warn({ group, node: cause.nodeId, type: cause.type, version: cause.version, error: cause.message }, 'xDS NACK: previous snapshot put back');
+    const now = performance.now();
+    for (const session of this.#readers(group)) session.onSnapshot(previous, now);
+    this.emit('rollback', { group, cause, from: current, to: previous });
   }
 
   /** Problems `snapshot` would cause for the given sessions' kinds (plus `validateFor`). */
@@ -212,7 +249,13 @@ export class XdsServer extends EventEmitter<XdsServerEvents> implements Closable
       metrics: this.metrics,
       logger: this.logger,
       identified: (s: StreamSession) => this.metrics.connectedClients.inc({ kind: s.kind }),
-      settled: (event: SettleEvent) => this.emit(event.outcome, event),
+      settled: (event: SettleEvent) => {
+        this.emit(event.outcome, event);
+        if (event.outcome === 'nack' && this.#rollbackOnNack) {
+          const group = this.#groupOf(session);
+          queueMicrotask(() => this.#rollback(group, event));
+        }
+      },
     };
     const session = new StreamSession(protocol, fixed, host, {
       write: (bytes) => {

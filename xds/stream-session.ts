@@ -316,9 +316,9 @@ export class StreamSession {
   // ---- snapshot changes -----------------------------------------------------------------
 
   /** A new snapshot applies to this stream. */
-  onSnapshot(snapshot: Snapshot): void {
+  onSnapshot(snapshot: Snapshot, changedAt = snapshot.createdAt): void {
     if (this.#closed) return;
-    for (const state of this.states.values()) state.noteChange(snapshot.createdAt);
+    for (const state of this.states.values()) state.noteChange(changedAt);
     this.#evaluateAll(performance.now());
   }
 

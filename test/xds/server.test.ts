@@ -1,5 +1,6 @@
 /** XdsServer lifecycle and per-node views. */
 import test from 'ava';
+import { once } from 'node:events';
 import { status } from '@grpc/grpc-js';
 import { failOnLeaks } from '../helpers/leaks.js';
 import { AdsTestClient, envoyNode, namesOf, sotwRequest } from '../helpers/ads-client.js';
@@ -55,4 +56,24 @@ test('drain ends open streams with OK; close is idempotent; afterwards new strea
   const late = client.sotw();
   late.send(sotwRequest({ node: envoyNode('late'), typeUrl: TypeUrl.cluster }));
   t.is((await late.closed)?.code, status.UNAVAILABLE);
+});
+
+test('rollbackOnNack: a NACK of the current version puts the previous snapshot back, once', async (t) => {
+  const { client, server } = await rig(t, baseInput(), { rollbackOnNack: true });
+  const good = server.snapshot();
+  const ads = client.sotw();
+  ads.send(sotwRequest({ node: envoyNode(), typeUrl: TypeUrl.cluster }));
+  const first = await ads.next();
+  ack(ads, first);
+  server.setSnapshot(baseInput({ clusters: [edsCluster({ name: 'c1' }), edsCluster({ name: 'c2', connectTimeoutMs: 1 })] }));
+  const bad = await ads.next();
+  t.not(bad.versionInfo, first.versionInfo);
+  const rolledBack = once(server, 'rollback');
+  ads.send(sotwRequest({ typeUrl: TypeUrl.cluster, versionInfo: first.versionInfo, responseNonce: bad.nonce, errorDetail: { code: 3, message: 'c2: bad timeout' } }));
+  const [event] = (await rolledBack) as [{ to: unknown; cause: { message?: string } }];
+  t.is(event.to, good);
+  t.is(event.cause.message, 'c2: bad timeout');
+  t.is(server.snapshot(), good);
+  const restored = await ads.next();
+  t.is(restored.versionInfo, first.versionInfo, 'the previous version is served again');
 });
