@@ -26,14 +26,15 @@ export function registerXdsCommand(program: Command): void {
     .option('--listen <host:port>', 'xDS gRPC address', '127.0.0.1:18000')
     .option('--admin <host:port>', 'metrics and health address', '127.0.0.1:9901')
     .option('--validate-for <kinds>', 'always validate for these client kinds (comma list of envoy,grpc)', 'envoy,grpc')
-    .action(async (opts: { config: string; listen: string; admin: string; validateFor: string }) => {
+    .option('--rollback-on-nack', 'put the previous configuration back when a client NACKs the current one')
+    .action(async (opts: { config: string; listen: string; admin: string; validateFor: string; rollbackOnNack?: boolean }) => {
       const logger = createLogger('xds', process.env.TETHER_LOG_LEVEL ?? 'info');
       const kinds = opts.validateFor.split(',').map((k) => k.trim()).filter((k) => k !== '');
       for (const kind of kinds) {
         if (kind !== 'envoy' && kind !== 'grpc') throw new TetherError('INVALID_OPTIONS', `--validate-for: unknown client kind "${kind}"`);
       }
       const registry = createRegistry({ defaultLabels: { component: 'xds' }, processMetrics: true });
-      const server = new XdsServer({ registry, logger, validateFor: kinds as ClientKind[] });
+      const server = new XdsServer({ registry, logger, validateFor: kinds as ClientKind[], rollbackOnNack: opts.rollbackOnNack === true });
       const source = new ConfigFileSource(opts.config, server, logger);
       await source.start();
       const bound = await server.listen(hostPort(opts.listen, '--listen'));
