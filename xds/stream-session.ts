@@ -360,10 +360,15 @@ export class StreamSession {
     // names can differ.
     const diff = view.diff;
     const candidates =
-      diff !== null && !state.dirty && !state.forceRespond && !state.type.fullStateInSotw && this.protocol === 'sotw' && state.cleanVersion === diff.from.get(state.type.typeUrl)
+      diff !== null &&
+      !state.dirty &&
+      !state.forceRespond &&
+      state.forcedRemovals.size === 0 &&
+      (this.protocol === 'delta' || !state.type.fullStateInSotw) &&
+      state.cleanVersion === diff.from.get(state.type.typeUrl)
         ? diff.changed.get(state.type.typeUrl)
         : undefined;
-    const out = this.protocol === 'sotw' ? this.#computeSotw(state, view, true, candidates) : this.#computeDelta(state, view, true);
+    const out = this.protocol === 'sotw' ? this.#computeSotw(state, view, true, candidates) : this.#computeDelta(state, view, true, candidates);
     if (out === null) {
       state.changeSince = null;
       state.cleanVersion = current;
@@ -418,7 +423,7 @@ export class StreamSession {
     return { resources, full: null, retained: false };
   }
 
-  #computeDelta(state: TypeState, view: Snapshot, allowForce: boolean): DeltaOut | null {
+  #computeDelta(state: TypeState, view: Snapshot, allowForce: boolean, candidates?: ReadonlySet<string>): DeltaOut | null {
     const type = state.type;
     const byName = view.get(type.typeUrl);
     const resources: EncodedResource[] = [];
@@ -438,7 +443,9 @@ export class StreamSession {
         if (known !== undefined || state.names.has(name)) removed.push(name);
       }
     };
-    if (state.wildcard) {
+    if (candidates !== undefined) {
+      for (const name of candidates) if (state.interested(name) || state.known.has(name)) consider(name);
+    } else if (state.wildcard) {
       const names = new Set<string>([...byName.keys(), ...state.known.keys(), ...state.names]);
       for (const name of names) consider(name);
     } else {

@@ -177,3 +177,21 @@ test('O1 (Delta) a retired cluster is removed only after routes moved away from 
   t.is(retire.typeUrl, TypeUrl.cluster);
   t.deepEqual(retire.removedResources, ['c1']);
 });
+
+test('R5/Δ5 with updateSnapshot (per-type diffs): changes and removals reach Delta clients', async (t) => {
+  const { client, server } = await rig(t);
+  const cds = client.delta();
+  cds.send(deltaRequest({ node: envoyNode('cds'), typeUrl: TypeUrl.cluster }));
+  ack(cds, await cds.next());
+  const eds = client.delta();
+  eds.send(deltaRequest({ node: envoyNode('eds'), typeUrl: TypeUrl.endpoint, resourceNamesSubscribe: ['c1', 'c2'] }));
+  ack(eds, await eds.next());
+  server.updateSnapshot({ endpoints: [loadAssignment('c1', [{ address: '127.0.0.1', port: 9401 }])] });
+  const changed = await eds.next();
+  t.deepEqual(deltaNamesOf(changed), ['c1']);
+  ack(eds, changed);
+  server.updateSnapshot({}, { remove: { cluster: ['c2'], endpoint: ['c2'] } });
+  const removal = await cds.next();
+  t.deepEqual(removal.removedResources, ['c2']);
+  t.deepEqual((await eds.next()).removedResources, ['c2'], 'a subscribed name that disappears is reported removed (R6)');
+});
