@@ -23,6 +23,7 @@
  * `node --import tsx benchmarks/tunnel.ts`. Needs wrk, h2load (nghttp2-client), curl and
  * openssh-server/openssh-client; a missing tool skips its rows with the package to install.
  */
+import { rmSync } from 'node:fs';
 import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -137,15 +138,19 @@ async function memory(entry: Tracked): Promise<Memory> {
 export async function run(args: string[] = []): Promise<Record<string, unknown>> {
   const settings = parseArgs(args);
   const processes = new Processes();
-  const onExit = (): void => processes.killAllNow();
-  const onSignal = (signal: NodeJS.Signals): void => {
+  const dir = await mkdtemp(join(tmpdir(), 'tether-bench-tunnel-'));
+  // Interrupted or exiting without reaching `finally`: kill every child and drop the keys folder.
+  const onExit = (): void => {
     processes.killAllNow();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const onSignal = (signal: NodeJS.Signals): void => {
+    onExit();
     process.kill(process.pid, signal);
   };
   process.once('exit', onExit);
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const dir = await mkdtemp(join(tmpdir(), 'tether-bench-tunnel-'));
   const skipped: string[] = [];
   const notes: string[] = [];
   const rows: Rows = {};
@@ -153,8 +158,9 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
   const started = Date.now();
   try {
     for (const tool of ['wrk', 'h2load', 'curl'] as const) {
-      if (which(tool) === null) skipped.push(`${tool} not found: install the Debian package ${TOOL_PACKAGES[tool] ?? tool}`);
+      if (which(tool) === null) skipped.push(`${tool} not found (its rows are skipped): install the Debian package ${TOOL_PACKAGES[tool] ?? tool}`);
     }
+    for (const line of skipped) log(`SKIPPED ${line}`);
     const has = (tool: string): boolean => which(tool) !== null;
 
     // Upstream, in its own process.
@@ -209,7 +215,7 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
         relayPids.ssh = ssh.pids;
       } catch (reason) {
         if (!(reason instanceof Skip)) throw reason;
-        skipped.push(`ssh -R: ${reason.message}`);
+        skipped.push(`ssh -R (its column is skipped): ${reason.message}`);
       }
     }
 
@@ -291,6 +297,7 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
       websocket = await idleWebSockets(processes, dir, { ...stackConfig, maxConcurrentStreams: settings.websockets + 100 }, settings.websockets, profileDir, upstream);
     }
 
+    for (const line of skipped) log(`SKIPPED ${line}`);
     loadAverage.end = load1();
     const targets = targetChecks(rows, websocket);
     const table = formatTable(rows, websocket, targets);
