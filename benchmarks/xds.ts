@@ -12,7 +12,7 @@
  * in groups of `STREAMS_PER_CONNECTION`. Clients only read nonce/version/type from responses
  * (no full decode), as a client that cares about the server would not add its own cost.
  *
- *   node --import tsx --expose-gc benchmarks/xds.ts [--clients=1000,2000]
+ *   node --import tsx --expose-gc benchmarks/xds.ts [--clients=1000,2000] [--protocol=sotw,delta]
  */
 import { fork } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -28,7 +28,7 @@ import { edsCluster, httpListener, loadAssignment, routeConfiguration } from '..
 import type { SnapshotInput } from '../xds/snapshot.js';
 import { TypeUrl } from '../xds/resource-types.js';
 import { AggregatedDiscoveryService } from '../xds/gen/envoy/service/discovery/v3/ads_pb.js';
-import { DiscoveryRequestSchema } from '../xds/gen/envoy/service/discovery/v3/discovery_pb.js';
+import { DeltaDiscoveryRequestSchema, DiscoveryRequestSchema } from '../xds/gen/envoy/service/discovery/v3/discovery_pb.js';
 import { methodPath } from '../xds/grpc-service.js';
 
 const CLUSTERS = 1000;
@@ -74,7 +74,7 @@ interface ChildMessage {
   synced?: number;
 }
 
-async function measure(clients: number): Promise<Record<string, number>> {
+async function measure(clients: number, protocol: 'sotw' | 'delta'): Promise<Record<string, number>> {
   gc();
   const heapBefore = heapMiB();
   const server = new XdsServer();
@@ -86,7 +86,7 @@ async function measure(clients: number): Promise<Record<string, number>> {
 
   const cpu0 = process.cpuUsage();
   const syncStart = performance.now();
-  const child: ChildProcess = fork(fileURLToPath(import.meta.url), ['--clients-process', String(port), String(clients)], {
+  const child: ChildProcess = fork(fileURLToPath(import.meta.url), ['--clients-process', String(port), String(clients), protocol], {
     execArgv: ['--import', 'tsx'],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
@@ -161,10 +161,15 @@ async function measure(clients: number): Promise<Record<string, number>> {
 export async function run(args: string[] = []): Promise<Record<string, number>> {
   const flag = args.find((a) => a.startsWith('--clients='));
   const counts = (flag?.slice('--clients='.length) ?? '1000,2000').split(',').map(Number).filter((n) => n > 0);
+  const protocols = (args.find((a) => a.startsWith('--protocol='))?.slice('--protocol='.length) ?? 'sotw').split(',');
   const out: Record<string, number> = { clusters: CLUSTERS, endpointsPerCluster: ENDPOINTS_PER_CLUSTER };
-  for (const clients of counts) {
-    const result = await measure(clients);
-    for (const [key, value] of Object.entries(result)) if (key !== 'clients') out[`c${clients}_${key}`] = value;
+  for (const protocol of protocols) {
+    if (protocol !== 'sotw' && protocol !== 'delta') throw new Error(`--protocol: sotw or delta, not ${protocol}`);
+    for (const clients of counts) {
+      const result = await measure(clients, protocol);
+      const prefix = protocol === 'sotw' ? `c${clients}` : `delta_c${clients}`;
+      for (const [key, value] of Object.entries(result)) if (key !== 'clients') out[`${prefix}_${key}`] = value;
+    }
   }
   return out;
 }
@@ -186,8 +191,9 @@ function readHeader(bytes: Buffer): { version: string; typeUrl: string; nonce: s
   return { version, typeUrl, nonce };
 }
 
-async function clientsProcess(port: number, count: number): Promise<void> {
-  const method = AggregatedDiscoveryService.methods.find((m) => m.localName === 'streamAggregatedResources');
+async function clientsProcess(port: number, count: number, protocol: string): Promise<void> {
+  const delta = protocol === 'delta';
+  const method = AggregatedDiscoveryService.methods.find((m) => m.localName === (delta ? 'deltaAggregatedResources' : 'streamAggregatedResources'));
   if (!method) throw new Error('no ADS method');
   const path = methodPath(method);
   const serialize = (value: Uint8Array) => Buffer.from(value);
@@ -220,7 +226,7 @@ async function clientsProcess(port: number, count: number): Promise<void> {
     const node = { id: `envoy-${i}`, cluster: 'bench', userAgentName: 'envoy' };
     call.on('data', (bytes: Buffer) => {
       const { version, typeUrl, nonce } = readHeader(bytes);
-      call.write(ackBytes(typeUrl, version, nonce));
+      call.write(delta ? toBinary(DeltaDiscoveryRequestSchema, create(DeltaDiscoveryRequestSchema, { typeUrl, responseNonce: nonce })) : ackBytes(typeUrl, version, nonce));
       if (!seen.has(typeUrl)) {
         seen.add(typeUrl);
         if (seen.size === 4) {
@@ -231,7 +237,12 @@ async function clientsProcess(port: number, count: number): Promise<void> {
     });
     call.on('error', () => undefined);
     for (const typeUrl of [TypeUrl.cluster, TypeUrl.endpoint, TypeUrl.listener, TypeUrl.route]) {
-      call.write(toBinary(DiscoveryRequestSchema, create(DiscoveryRequestSchema, { node: typeUrl === TypeUrl.cluster ? node : undefined, typeUrl, resourceNames: namesFor[typeUrl] ?? [] })));
+      const first = typeUrl === TypeUrl.cluster ? node : undefined;
+      call.write(
+        delta
+          ? toBinary(DeltaDiscoveryRequestSchema, create(DeltaDiscoveryRequestSchema, { node: first, typeUrl, resourceNamesSubscribe: namesFor[typeUrl] ?? [] }))
+          : toBinary(DiscoveryRequestSchema, create(DiscoveryRequestSchema, { node: first, typeUrl, resourceNames: namesFor[typeUrl] ?? [] })),
+      );
     }
   }
   process.on('SIGTERM', () => {
@@ -242,7 +253,7 @@ async function clientsProcess(port: number, count: number): Promise<void> {
 
 const entry = process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href;
 if (entry && process.argv[2] === '--clients-process') {
-  await clientsProcess(Number(process.argv[3]), Number(process.argv[4]));
+  await clientsProcess(Number(process.argv[3]), Number(process.argv[4]), process.argv[5] ?? 'sotw');
 } else if (entry) {
   const results = await run(process.argv.slice(2));
   process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
