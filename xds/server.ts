@@ -80,6 +80,10 @@ export interface ListenOptions {
   host?: string;
   port?: number;
   credentials?: ServerCredentials;
+  /** Interval of server keepalive pings (default 60 s). */
+  keepaliveMs?: number;
+  /** Close connections after this age so clients reconnect (and rebalance); default never. */
+  maxConnectionAgeMs?: number;
 }
 
 type Duplex<Req> = ServerDuplexStream<Req, Uint8Array>;
@@ -348,7 +352,14 @@ export class XdsServer extends EventEmitter<XdsServerEvents> implements Closable
   async listen(options: ListenOptions = {}): Promise<{ host: string; port: number }> {
     if (this.#grpc !== null) throw new TetherError('XDS_ALREADY_LISTENING', 'this xDS server is already listening');
     const host = options.host ?? '127.0.0.1';
-    const server = new Server({ 'grpc.keepalive_permit_without_calls': 1 });
+    // Keepalive pings find clients that vanished without closing (their sessions would linger);
+    // an optional maximum connection age rebalances long-lived streams across replicas.
+    const server = new Server({
+      'grpc.keepalive_time_ms': options.keepaliveMs ?? 60_000,
+      'grpc.keepalive_timeout_ms': 20_000,
+      'grpc.keepalive_permit_without_calls': 1,
+      ...(options.maxConnectionAgeMs === undefined ? {} : { 'grpc.max_connection_age_ms': options.maxConnectionAgeMs }),
+    });
     this.addTo(server);
     const address = host.includes(':') ? `[${host}]:${options.port ?? 0}` : `${host}:${options.port ?? 0}`;
     const port = await new Promise<number>((resolve, reject) => {
