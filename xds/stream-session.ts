@@ -212,6 +212,7 @@ export class StreamSession {
     }
     if (changed) {
       state.noteChange(now);
+      state.asked = true;
       if (first || type.fullStateInSotw) state.forceRespond = true;
     }
     this.#evaluateAll(now);
@@ -265,7 +266,10 @@ export class StreamSession {
       // V7: a stale nonce never blocks a subscription change.
       state.supersede();
     }
-    if (changed) state.noteChange(now);
+    if (changed) {
+      state.noteChange(now);
+      state.asked = true;
+    }
     state.dirty = true;
     if (first && state.wildcard) state.forceRespond = true;
     this.#evaluateAll(now);
@@ -329,9 +333,12 @@ export class StreamSession {
     }
   }
 
-  /** Listeners and routes wait while clusters or endpoints are in flight (O1, O2). */
+  /**
+   * Listeners and routes wait while clusters or endpoints are in flight (O1, O2) — for pushes the
+   * server starts. What the client itself just asked for is answered at once (no silent holds).
+   */
   #gated(state: TypeState): boolean {
-    if (!this.ads || (state.type.kind !== 'listener' && state.type.kind !== 'route')) return false;
+    if (!this.ads || state.asked || (state.type.kind !== 'listener' && state.type.kind !== 'route')) return false;
     return this.states.get(TypeUrl.cluster)?.pending != null || this.states.get(TypeUrl.endpoint)?.pending != null;
   }
 
@@ -371,6 +378,7 @@ export class StreamSession {
     const out = this.protocol === 'sotw' ? this.#computeSotw(state, view, true, candidates) : this.#computeDelta(state, view, true, candidates);
     if (out === null) {
       state.changeSince = null;
+      state.asked = false;
       state.cleanVersion = current;
       state.dirty = state.heldBack; // retired clusters still held: routing convergence decides later
       return;
@@ -574,6 +582,7 @@ export class StreamSession {
     state.lastNonce = nonce;
     state.changeSince = null;
     state.forceRespond = false;
+    state.asked = false;
     state.responded = true;
     state.lastUpdated = new Date();
     const label = state.type.kind;

@@ -164,6 +164,8 @@ export class TypeState {
   changeSince: number | null = null;
   /** A response is owed even if empty (first request; R7: never leave a request unanswered). */
   forceRespond = false;
+  /** The client changed its subscription since the last response: answer it, never hold it. */
+  asked = false;
   /** At least one response has been sent. */
   responded = false;
   ackedVersion = '';

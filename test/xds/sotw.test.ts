@@ -490,6 +490,17 @@ test('O2 routes are not pushed before the clusters they name are ACKed', async (
   t.is((await ads.next()).typeUrl, TypeUrl.route);
 });
 
+test('O2 (no silent hold) routes the client asks for are answered even while clusters are un-ACKed', async (t) => {
+  const { client } = await rig(t);
+  const ads = client.sotw();
+  ads.send(sotwRequest({ node: envoyNode(), typeUrl: TypeUrl.cluster }));
+  const cds = await ads.next();
+  t.is(cds.typeUrl, TypeUrl.cluster);
+  ads.send(sotwRequest({ typeUrl: TypeUrl.route, resourceNames: ['rc'] }));
+  const rds = await ads.next();
+  t.is(rds.typeUrl, TypeUrl.route, 'answered although CDS is not ACKed yet');
+});
+
 test('O3 for Envoy, a changed cluster is followed by its load assignment even if unchanged', async (t) => {
   const { client, server } = await rig(t);
   const ads = client.sotw();
