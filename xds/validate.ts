@@ -9,6 +9,9 @@
  *   resource and the field.
  */
 import { isIP } from 'node:net';
+import { fromBinary } from '@bufbuild/protobuf';
+import { UpstreamTlsContextSchema } from './gen/envoy/extensions/transport_sockets/tls/v3/tls_pb.js';
+import { TYPE_PREFIX } from './resource-types.js';
 import type { Cluster } from './gen/envoy/config/cluster/v3/cluster_pb.js';
 import { Cluster_DiscoveryType, Cluster_LbPolicy } from './gen/envoy/config/cluster/v3/cluster_pb.js';
 import type { ConfigSource } from './gen/envoy/config/core/v3/config_source_pb.js';
@@ -21,6 +24,8 @@ import { ROUTER_TYPE_URL, clusterRefsOf, connectionManagers, edsNameOf, inlineCl
 import { RESOURCE_TYPES } from './resource-types.js';
 import type { ResourceKind } from './resource-types.js';
 import type { EncodedResource, Snapshot } from './snapshot.js';
+
+const UPSTREAM_TLS_TYPE_URL = `${TYPE_PREFIX}envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext`;
 
 export interface Problem {
   kind: ResourceKind;
@@ -195,6 +200,39 @@ function checkCluster(cluster: Cluster, grpc: boolean): Problem[] {
     at('lb_policy', `gRPC clients support ROUND_ROBIN or RING_HASH (found ${Cluster_LbPolicy[cluster.lbPolicy]})`);
   }
   if (grpc && cluster.lrsServer !== undefined && cluster.lrsServer.configSourceSpecifier.case !== 'self') at('lrs_server', 'gRPC clients require self');
+  if (grpc) problems.push(...checkUpstreamTlsForGrpc(cluster));
+  return problems;
+}
+
+/**
+ * gRPC clients take TLS material only from the bootstrap's certificate-provider instances (A29):
+ * SDS and inline certificates are NACKed, and a CA provider instance is required.
+ */
+function checkUpstreamTlsForGrpc(cluster: Cluster): Problem[] {
+  const socket = cluster.transportSocket;
+  if (socket === undefined || socket.configType.case !== 'typedConfig') return [];
+  const any = socket.configType.value;
+  if (any.typeUrl !== UPSTREAM_TLS_TYPE_URL) return [{ kind: 'cluster', name: cluster.name, field: 'transport_socket.typed_config', message: `gRPC clients support only UpstreamTlsContext (found ${any.typeUrl})` }];
+  const tls = fromBinary(UpstreamTlsContextSchema, any.value);
+  const common = tls.commonTlsContext;
+  const problems: Problem[] = [];
+  const at = (field: string, message: string) =>
+    problems.push({ kind: 'cluster', name: cluster.name, field: `transport_socket.typed_config.common_tls_context${field === '' ? '' : `.${field}`}`, message });
+  if (common === undefined) {
+    at('', 'is required (with a CA certificate provider instance)');
+    return problems;
+  }
+  if (common.tlsCertificateSdsSecretConfigs.length > 0) at('tls_certificate_sds_secret_configs', 'gRPC clients do not use SDS; use tls_certificate_provider_instance');
+  if (common.tlsCertificates.length > 0) at('tls_certificates', 'gRPC clients do not take inline certificates; use tls_certificate_provider_instance');
+  const validation = common.validationContextType;
+  if (validation.case === 'validationContextSdsSecretConfig') at('validation_context_sds_secret_config', 'gRPC clients do not use SDS');
+  const ca =
+    validation.case === 'validationContext'
+      ? validation.value.caCertificateProviderInstance
+      : validation.case === 'combinedValidationContext'
+        ? validation.value.defaultValidationContext?.caCertificateProviderInstance
+        : undefined;
+  if (ca === undefined) at('validation_context.ca_certificate_provider_instance', 'gRPC clients require a CA certificate provider instance');
   return problems;
 }
 

@@ -10,6 +10,8 @@ import { HttpConnectionManagerSchema } from '../../xds/gen/envoy/extensions/filt
 import { ListenerSchema } from '../../xds/gen/envoy/config/listener/v3/listener_pb.js';
 import { toBinary } from '@bufbuild/protobuf';
 import { isTetherError } from '../../common/errors.js';
+import { UpstreamTlsContextSchema } from '../../xds/gen/envoy/extensions/transport_sockets/tls/v3/tls_pb.js';
+import { TransportSocketSchema } from '../../xds/gen/envoy/config/core/v3/base_pb.js';
 import { ack, baseInput, rig } from './fixtures.js';
 
 failOnLeaks(test);
@@ -148,4 +150,20 @@ test('a client kind that subscribes after publication is validated when served: 
   grpc.send(sotwRequest({ node: grpcNode(), typeUrl: TypeUrl.cluster, resourceNames: ['c1', 'c2'] }));
   t.deepEqual(namesOf(await grpc.next()), ['c1', 'c2']);
   t.regex(await server.registry.getSingleMetricAsString('tether_xds_served_invalid_total'), /kind="grpc",type="cluster"\} 1/);
+});
+
+test('gRPC TLS rules: SDS certificates in a cluster a gRPC client reads are refused, naming the field', async (t) => {
+  const { client, server } = await rig(t);
+  const grpc = client.sotw();
+  grpc.send(sotwRequest({ node: grpcNode(), typeUrl: TypeUrl.cluster, resourceNames: ['c1'] }));
+  ack(grpc, await grpc.next(), ['c1']);
+  const tls = create(UpstreamTlsContextSchema, { commonTlsContext: { tlsCertificateSdsSecretConfigs: [{ name: 'client-cert' }] } });
+  const withSds = edsCluster({ name: 'c1' });
+  withSds.transportSocket = create(TransportSocketSchema, {
+    name: 'envoy.transport_sockets.tls',
+    configType: { case: 'typedConfig', value: { typeUrl: 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext', value: toBinary(UpstreamTlsContextSchema, tls) } },
+  });
+  const error = t.throws(() => server.setSnapshot(baseInput({ clusters: [withSds, edsCluster({ name: 'c2' })] })));
+  t.regex(error?.message ?? '', /cluster "c1" transport_socket\.typed_config\.common_tls_context\.tls_certificate_sds_secret_configs: gRPC clients do not use SDS/);
+  t.regex(error?.message ?? '', /ca_certificate_provider_instance: gRPC clients require a CA certificate provider instance/);
 });
