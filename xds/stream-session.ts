@@ -506,12 +506,12 @@ export class StreamSession {
       }
       state.sent.replace(out.full);
     } else {
-      const shareable = view.get(type.typeUrl);
       for (const resource of out.resources) {
         versions.set(resource.name, resource.version);
         this.#holdPrevious(state, resource.name, state.sent.get(resource.name)?.version);
-        state.sent.set(resource.name, resource, shareable);
+        state.sent.set(resource.name, resource);
       }
+      state.sent.shareOrCompact(view.get(type.typeUrl));
     }
     this.#recordSend(state, nonce, version, versions, now, bytes.byteLength, out.resources.length);
     this.#warnInvalid(state, out.full === null ? out.resources : out.resources.filter((r) => versions.has(r.name)));
@@ -533,6 +533,7 @@ export class StreamSession {
 
     const changedClusters: EncodedResource[] = [];
     const versions = new Map<string, string>();
+    const shareable = view.get(type.typeUrl);
     for (const resource of out.resources) {
       if (type.kind === 'cluster') changedClusters.push(resource);
       this.#holdPrevious(state, resource.name, state.known.get(resource.name));
@@ -545,6 +546,7 @@ export class StreamSession {
       else state.known.delete(name);
       versions.set(name, ABSENT);
     }
+    state.known.shareIfEqual(shareable);
     state.forcedRemovals.clear();
     this.#recordSend(state, nonce, version, versions, now, bytes.byteLength, out.resources.length);
     this.#warnInvalid(state, out.resources);

@@ -63,11 +63,10 @@ export class HeldResources {
     return this.#base === map && this.#overlay.size === 0;
   }
 
-  set(name: string, resource: EncodedResource, shareable?: ReadonlyMap<string, EncodedResource>): void {
+  set(name: string, resource: EncodedResource): void {
     if (this.get(name) === undefined) this.#size += 1;
     if (this.#base.get(name) === resource) this.#overlay.delete(name);
     else this.#overlay.set(name, resource);
-    this.#maybeCompact(shareable);
   }
 
   delete(name: string): void {
@@ -97,23 +96,84 @@ export class HeldResources {
     return this.entries();
   }
 
-  #maybeCompact(shareable?: ReadonlyMap<string, EncodedResource>): void {
+  /**
+   * After a batch of changes: when the overlay has grown, share `map` if this now equals it, else
+   * fold the overlay into a private map.
+   */
+  shareOrCompact(map: ReadonlyMap<string, EncodedResource>): void {
     if (this.#overlay.size < 64 || this.#overlay.size * 2 < this.#base.size) return;
-    if (shareable !== undefined && shareable.size === this.#size) {
+    if (map.size === this.#size) {
       let same = true;
-      for (const [name, resource] of shareable) {
+      for (const [name, resource] of map) {
         if (this.get(name) !== resource) {
           same = false;
           break;
         }
       }
       if (same) {
-        this.replace(shareable);
+        this.replace(map);
         return;
       }
     }
-    const merged = new Map(this.entries());
-    this.replace(merged);
+    this.replace(new Map(this.entries()));
+  }
+}
+
+/**
+ * Delta: name → version the client holds (or ABSENT). Like HeldResources, the common case "holds
+ * exactly this snapshot's versions" is the snapshot's own map, shared between streams, plus a
+ * private overlay; versions that match no current resource (initial_resource_versions, ABSENT)
+ * stay in the overlay.
+ */
+export class KnownVersions {
+  #base: ReadonlyMap<string, EncodedResource> = NO_RESOURCES;
+  /** name → version or ABSENT, or null for "removed from base". */
+  readonly #overlay = new Map<string, string | null>();
+
+  get(name: string): string | undefined {
+    const over = this.#overlay.get(name);
+    if (over !== undefined) return over ?? undefined;
+    return this.#base.get(name)?.version;
+  }
+
+  has(name: string): boolean {
+    return this.get(name) !== undefined;
+  }
+
+  set(name: string, version: string): void {
+    if (this.#base.get(name)?.version === version) this.#overlay.delete(name);
+    else this.#overlay.set(name, version);
+  }
+
+  delete(name: string): void {
+    if (this.#base.has(name)) this.#overlay.set(name, null);
+    else this.#overlay.delete(name);
+  }
+
+  *entries(): IterableIterator<[string, string]> {
+    for (const [name, resource] of this.#base) if (!this.#overlay.has(name)) yield [name, resource.version];
+    for (const [name, version] of this.#overlay) if (version !== null) yield [name, version];
+  }
+
+  keys(): string[] {
+    return [...this.entries()].map(([name]) => name);
+  }
+
+  [Symbol.iterator](): IterableIterator<[string, string]> {
+    return this.entries();
+  }
+
+  /** After a batch of changes: if the overlay has grown and all now equals `map`, share `map`. */
+  shareIfEqual(map: ReadonlyMap<string, EncodedResource>): void {
+    if (map === this.#base || this.#overlay.size < 64 || this.#overlay.size * 2 < this.#base.size) return;
+    let count = 0;
+    for (const [name, version] of this.entries()) {
+      if (map.get(name)?.version !== version) return;
+      count += 1;
+    }
+    if (count !== map.size) return;
+    this.#base = map;
+    this.#overlay.clear();
   }
 }
 
@@ -146,7 +206,7 @@ export class TypeState {
   /** SotW: what the client holds from us, by name. */
   readonly sent = new HeldResources();
   /** Delta: name → version the client holds (or ABSENT when told it does not exist). */
-  readonly known = new Map<string, string>();
+  readonly known = new KnownVersions();
   /** Delta: names to report in removed_resources on the next response (W3). */
   readonly forcedRemovals = new Set<string>();
   /**
