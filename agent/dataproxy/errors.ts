@@ -34,6 +34,8 @@ export const DataproxyErrorCode = {
   WRONG_CLUSTER: 'DATAPROXY_WRONG_CLUSTER',
   /** Unknown API path. */
   NO_ROUTE: 'DATAPROXY_NO_ROUTE',
+  /** The signing-key file is missing, malformed, holds a key under 32 bytes, or is readable by group/others. */
+  KEY_FILE: 'DATAPROXY_KEY_FILE',
   /** The blob store failed (disk error); details are logged, not returned. */
   STORE_FAILED: 'DATAPROXY_STORE_FAILED',
 } as const;
@@ -55,6 +57,7 @@ const STATUS: Readonly<Record<DataproxyErrorCode, number>> = {
   DATAPROXY_UNAUTHENTICATED: 401,
   DATAPROXY_WRONG_CLUSTER: 403,
   DATAPROXY_NO_ROUTE: 404,
+  DATAPROXY_KEY_FILE: 500,
   DATAPROXY_STORE_FAILED: 500,
 };
 

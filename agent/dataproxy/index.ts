@@ -19,3 +19,6 @@ export { OwnedHttpServer } from './http-server.js';
 export type { RequestHandler } from './http-server.js';
 export { signQuery, verifyQuery } from './signing.js';
 export type { SignedFields, SignedMethod } from './signing.js';
+export { loadSigningKeys } from './signing-key.js';
+export { startEmbeddedDataproxy } from './embedded.js';
+export type { EmbeddedDataproxy, EmbeddedDataproxyOptions } from './embedded.js';
