@@ -4,7 +4,7 @@
  * the blob server come back as TetherErrors with the server's code.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { constants, createReadStream, createWriteStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import type { IncomingMessage } from 'node:http';
@@ -15,6 +15,9 @@ import { pipeline } from 'node:stream/promises';
 import { TetherError } from '../../common/errors.js';
 
 export const BLOB_CLIENT_FAILED = 'BLOB_CLIENT_FAILED';
+
+/** Files to upload are opened without following a final symlink (a task cannot swap one in). */
+const READ_NO_FOLLOW = constants.O_RDONLY | constants.O_NOFOLLOW;
 
 export interface TransferOptions {
   signal?: AbortSignal;
@@ -75,14 +78,14 @@ export async function downloadToFile(url: string, file: string, options: Transfe
 /** Base64 MD5 and size of a file, streaming. */
 export async function fileMd5(file: string): Promise<{ size: number; md5: string }> {
   const hash = createHash('md5');
-  await pipeline(createReadStream(file), hash);
+  await pipeline(createReadStream(file, { flags: READ_NO_FOLLOW }), hash);
   return { size: (await stat(file)).size, md5: hash.digest('base64') };
 }
 
 /** PUT `file` to a signed upload URL with the headers the dataproxy returned. */
 export async function uploadFile(url: string, headers: Record<string, string>, file: string, options: TransferOptions = {}): Promise<{ created: boolean }> {
   const size = (await stat(file)).size;
-  const res = await send(url, 'PUT', { ...headers, 'content-length': size }, createReadStream(file), options.signal);
+  const res = await send(url, 'PUT', { ...headers, 'content-length': size }, createReadStream(file, { flags: READ_NO_FOLLOW }), options.signal);
   if (res.statusCode !== 200 && res.statusCode !== 201) throw await refusal(res, 'upload refused');
   res.resume();
   return { created: res.statusCode === 201 };

@@ -41,6 +41,12 @@ export interface ExecutorOptions {
   killGraceMs?: number;
   baseEnv?: Readonly<Record<string, string>>;
   keepWorkDirs?: boolean;
+  /**
+   * Run tasks as this user and group (the agent must be root). Recommended: a task running as the
+   * agent's own user could read the agent's signing-key file and certificate key. `workDir` and its
+   * ancestors must be traversable by that user; the run's `work/` and `outputs/` are given to it.
+   */
+  runAs?: { uid: number; gid: number };
   /** Cap on error messages sent to the control plane; default 512 bytes. */
   maxErrorBytes?: number;
   registry?: Registry;
@@ -102,6 +108,7 @@ export class Executor implements Closable {
       baseEnv: this.#baseEnv,
       keepWorkDirs: o.keepWorkDirs ?? false,
       maxErrorBytes: o.maxErrorBytes ?? 512,
+      runAs: o.runAs ?? null,
       metrics: this.#metrics,
       logger: this.#logger,
     });

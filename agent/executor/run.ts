@@ -16,7 +16,7 @@
  */
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
+import { chown, lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { getErrorCode, isTetherError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
@@ -89,6 +89,7 @@ export interface RunSettings {
   baseEnv: Readonly<Record<string, string>>;
   keepWorkDirs: boolean;
   maxErrorBytes: number;
+  runAs: { uid: number; gid: number } | null;
   metrics: ExecutorMetrics | null;
   logger: Logger;
 }
@@ -230,7 +231,10 @@ export class RunExecution {
   async #prepare(): Promise<void> {
     try {
       await rm(this.#dir, { recursive: true, force: true });
-      for (const folder of ['inputs', 'outputs', 'work', 'logs']) await mkdir(this.#path(folder), { recursive: true });
+      for (const folder of ['inputs', 'outputs', 'work', 'logs']) await mkdir(this.#path(folder), { recursive: true, mode: 0o755 });
+      const runAs = this.#settings.runAs;
+      // The task's user may write only its working folder and its outputs.
+      if (runAs !== null) for (const folder of ['outputs', 'work']) await chown(this.#path(folder), runAs.uid, runAs.gid);
     } catch (reason) {
       throw new RunFailure(Phase.FAILED, ExecutorErrorCode.WORKDIR_FAILED, `could not prepare the run folder (${reasonCode(reason)})`, 'SYSTEM');
     }
@@ -263,7 +267,8 @@ export class RunExecution {
     const capture = new OutputCapture(settings.maxOutputBytes, settings.outputLimit, () => {
       this.#halt(new RunFailure(Phase.FAILED, ExecutorErrorCode.OUTPUT_LIMIT, `stdout and stderr exceeded the output limit of ${settings.maxOutputBytes} bytes`, 'USER'));
     });
-    const child = spawn(this.run.command, [...this.run.args], { cwd: this.#path('work'), env, detached: true, shell: false, stdio: ['ignore', 'pipe', 'pipe'], windowsHide: true });
+    const runAs = settings.runAs === null ? {} : { uid: settings.runAs.uid, gid: settings.runAs.gid };
+    const child = spawn(this.run.command, [...this.run.args], { cwd: this.#path('work'), env, detached: true, shell: false, stdio: ['ignore', 'pipe', 'pipe'], windowsHide: true, ...runAs });
     this.#child = child;
     const logs = this.logs;
     capture.attach(child.stdout as NonNullable<typeof child.stdout>, logs.stdout);
@@ -272,9 +277,9 @@ export class RunExecution {
       let spawnError: unknown = null;
       child.once('spawn', () => {
         settings.metrics?.running.inc();
-        this.#emit(Phase.RUNNING, { message: 'process started' });
-        // An abort or timeout that came while starting.
+        // An abort or timeout that came while starting: no RUNNING after ABORTING.
         if (this.#stop !== null) this.#terminate();
+        else this.#emit(Phase.RUNNING, { message: 'process started' });
       });
       child.once('error', (reason) => {
         spawnError = reason;

@@ -225,3 +225,29 @@ test('the same run started twice runs once; a bad run id is FAILED; close aborts
   t.is((await first.done).phase, Phase.ABORTED);
   t.deepEqual(phases(events, 'run-twice'), [Phase.INITIALIZING, Phase.RUNNING, Phase.ABORTED]);
 });
+
+test('runAs: the task runs as another user and cannot read the agent signing-key file', async (t) => {
+  if (process.getuid?.() !== 0) {
+    t.log('skipped: runAs needs the agent to run as root');
+    t.pass();
+    return;
+  }
+  const { fixture, scratch } = t.context;
+  const { chmod, writeFile } = await import('node:fs/promises');
+  await chmod(fixture.dir, 0o711);
+  const keyFile = join(fixture.dir, 'dataproxy.keys');
+  await writeFile(keyFile, 'c2VjcmV0LXNpZ25pbmcta2V5LWJ5dGVzLTAxMjM0NTY3\n', { mode: 0o600 });
+  const executor = t.context.make({ runAs: { uid: 65534, gid: 65534 } });
+  const script = `
+const fs = require('node:fs');
+let result;
+try { fs.readFileSync(${JSON.stringify(keyFile)}); result = 'read'; } catch (e) { result = e.code; }
+fs.writeFileSync(process.env.TETHER_OUTPUTS_DIR + '/result.txt', result + ' uid=' + process.getuid());
+`;
+  const outcome = await executor.start(run('run-nobody', script)).done;
+  t.is(outcome.phase, Phase.SUCCEEDED, JSON.stringify(outcome.error));
+  const link = await fixture.dataproxy.createDownloadLink({ uri: outcome.outputs['result.txt'] as string });
+  const target = join(scratch, 'result.txt');
+  await downloadToFile(link.signedUrl, target);
+  t.is(await readFile(target, 'utf8'), 'EACCES uid=65534');
+});
