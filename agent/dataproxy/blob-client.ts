@@ -4,8 +4,9 @@
  * the blob server come back as TetherErrors with the server's code.
  */
 import { createHash } from 'node:crypto';
-import { constants, createReadStream, createWriteStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { constants, createWriteStream } from 'node:fs';
+import type { ReadStream } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import type { IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
@@ -17,7 +18,17 @@ import { TetherError } from '../../common/errors.js';
 export const BLOB_CLIENT_FAILED = 'BLOB_CLIENT_FAILED';
 
 /** Files to upload are opened without following a final symlink (a task cannot swap one in). */
-const READ_NO_FOLLOW = constants.O_RDONLY | constants.O_NOFOLLOW;
+async function openNoFollow(file: string): Promise<{ size: number; stream: ReadStream }> {
+  const handle = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    const info = await handle.stat();
+    if (!info.isFile()) throw new TetherError(BLOB_CLIENT_FAILED, 'not a regular file');
+    return { size: info.size, stream: handle.createReadStream() };
+  } catch (reason) {
+    await handle.close();
+    throw reason;
+  }
+}
 
 export interface TransferOptions {
   signal?: AbortSignal;
@@ -78,14 +89,20 @@ export async function downloadToFile(url: string, file: string, options: Transfe
 /** Base64 MD5 and size of a file, streaming. */
 export async function fileMd5(file: string): Promise<{ size: number; md5: string }> {
   const hash = createHash('md5');
-  await pipeline(createReadStream(file, { flags: READ_NO_FOLLOW }), hash);
-  return { size: (await stat(file)).size, md5: hash.digest('base64') };
+  const { size, stream } = await openNoFollow(file);
+  await pipeline(stream, hash);
+  return { size, md5: hash.digest('base64') };
 }
 
 /** PUT `file` to a signed upload URL with the headers the dataproxy returned. */
 export async function uploadFile(url: string, headers: Record<string, string>, file: string, options: TransferOptions = {}): Promise<{ created: boolean }> {
-  const size = (await stat(file)).size;
-  const res = await send(url, 'PUT', { ...headers, 'content-length': size }, createReadStream(file, { flags: READ_NO_FOLLOW }), options.signal);
+  const { size, stream } = await openNoFollow(file);
+  let res: IncomingMessage;
+  try {
+    res = await send(url, 'PUT', { ...headers, 'content-length': size }, stream, options.signal);
+  } finally {
+    if (!stream.destroyed) stream.destroy();
+  }
   if (res.statusCode !== 200 && res.statusCode !== 201) throw await refusal(res, 'upload refused');
   res.resume();
   return { created: res.statusCode === 201 };
