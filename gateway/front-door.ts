@@ -32,6 +32,8 @@ export class FrontDoor {
   private readonly sockets = new Set<Socket>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly listening = new Set<net.Server>();
+  private readonly activity = new Map<http2.Http2Session, { open: number; last: number }>();
+  private reaper: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly config: GatewayConfig,
@@ -60,17 +62,32 @@ export class FrontDoor {
     });
     this.h2.on('session', (session: http2.ServerHttp2Session) => {
       this.sessions.add(session);
-      session.once('close', () => this.sessions.delete(session));
+      this.activity.set(session, { open: 0, last: Date.now() });
+      this.startReaper();
+      session.once('close', () => {
+        this.sessions.delete(session);
+        this.activity.delete(session);
+      });
       session.on('error', (reason: unknown) => {
         logger.debug({ err: reason }, 'client HTTP/2 session error');
         session.destroy();
       });
-      // Also reaps sessions nghttp2 has given up on (after a connection error it sends GOAWAY but
-      // leaves the socket open).
-      session.setTimeout(config.clientIdleTimeoutMs, () => session.destroy());
       session.once('connect', () => session.setLocalWindowSize(limits.connectionWindowBytes));
     });
-    this.h2.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, flags: number) => proxy.handleHttp2(stream, headers, flags));
+    this.h2.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, flags: number) => {
+      const session = stream.session;
+      if (session !== undefined) {
+        const activity = this.activity.get(session);
+        if (activity !== undefined) {
+          activity.open++;
+          stream.once('close', () => {
+            activity.open--;
+            activity.last = Date.now();
+          });
+        }
+      }
+      proxy.handleHttp2(stream, headers, flags);
+    });
 
     this.tlsServer = tls.createServer({
       key: serverTls.key,
@@ -94,6 +111,27 @@ export class FrontDoor {
       else this.h1.emit('connection', socket);
     });
     this.tlsServer.on('tlsClientError', (reason: unknown) => logger.debug({ err: reason }, 'TLS handshake failed'));
+  }
+
+  /**
+   * Closes client HTTP/2 sessions without open streams for `clientIdleTimeoutMs`; this also reaps
+   * sessions nghttp2 gave up on after a connection error (it sends GOAWAY but leaves the socket
+   * open). One timer per gateway (Node's per-session `setTimeout` stays armed after destroy).
+   */
+  private startReaper(): void {
+    if (this.reaper !== null) return;
+    const idleMs = this.config.clientIdleTimeoutMs;
+    this.reaper = setInterval(() => {
+      const now = Date.now();
+      for (const [session, { open, last }] of this.activity) if (open === 0 && now - last >= idleMs) session.destroy();
+      if (this.sessions.size === 0) this.stopReaper();
+    }, Math.max(50, Math.min(idleMs / 2, 5_000)));
+    this.reaper.unref();
+  }
+
+  private stopReaper(): void {
+    if (this.reaper !== null) clearInterval(this.reaper);
+    this.reaper = null;
   }
 
   private track(socket: Socket): void {
@@ -163,6 +201,7 @@ export class FrontDoor {
 
   destroyAll(): void {
     for (const session of this.sessions) session.destroy();
+    this.stopReaper();
     for (const socket of this.sockets) socket.destroy();
     this.h1.closeAllConnections();
   }
