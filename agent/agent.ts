@@ -198,14 +198,21 @@ export class Agent implements Closable {
   }
 
   /** Tell gateways to stop sending new streams, finish in-flight ones within `graceMs`, then stop. */
-  readonly drain = once(async (graceMs: number = this.config.drainGraceMs): Promise<void> => {
+  private draining: Promise<void> | null = null;
+
+  drain(graceMs: number = this.config.drainGraceMs): Promise<void> {
+    this.draining ??= this.drainNow(graceMs);
+    return this.draining;
+  }
+
+  private async drainNow(graceMs: number): Promise<void> {
     this.stopped = true;
     this.changed();
     const all = [...this.targets.values()].flat();
     await Promise.all(all.map((slot) => slot.stop(graceMs)));
     await this.pools.drain();
     await this.admin?.drain();
-  });
+  }
 
   readonly close = once(async (): Promise<void> => {
     this.stopped = true;

@@ -149,7 +149,14 @@ export class Gateway implements Closable {
    * Tell agents to move (control `drain`), stop accepting clients, let in-flight requests finish
    * within `graceMs`, then GOAWAY the tunnels and close.
    */
-  readonly drain = once(async (graceMs: number = this.config.drainGraceMs): Promise<void> => {
+  private draining: Promise<void> | null = null;
+
+  drain(graceMs: number = this.config.drainGraceMs): Promise<void> {
+    this.draining ??= this.drainNow(graceMs);
+    return this.draining;
+  }
+
+  private async drainNow(graceMs: number): Promise<void> {
     const deadline = Date.now() + graceMs;
     this.acceptor.announceDrain(this.config.agentRetryAfterMs);
     const stopped = this.frontDoor.stopAccepting();
@@ -160,7 +167,7 @@ export class Gateway implements Closable {
     this.frontDoor.destroyAll();
     await stopped;
     await this.admin?.drain();
-  });
+  }
 
   readonly close = once(async (): Promise<void> => {
     this.acceptor.announceDrain(this.config.agentRetryAfterMs);

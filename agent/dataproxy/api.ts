@@ -28,8 +28,24 @@ export const SUBJECT_HEADER = 'tether-subject';
 export const CLUSTER_HEADER = 'tether-cluster';
 const MAX_BODY_BYTES = 64 * 1024;
 
+/** What the `authorize` hook is asked: may `subject` do `operation` (on the project/domain, or on `uri`)? */
+export interface DataAccessRequest {
+  subject: string;
+  cluster: string;
+  operation: 'data.write' | 'data.read';
+  org?: string;
+  project?: string;
+  domain?: string;
+  uri?: string;
+}
+
 export interface DataproxyApiOptions {
   logger?: Logger;
+  /**
+   * A per-request RBAC decision after the gateway's per-cluster one (e.g. the control plane's
+   * AccessService.Check). Default: every authenticated subject may. False → DATAPROXY_PERMISSION_DENIED.
+   */
+  authorize?: (request: DataAccessRequest) => boolean | Promise<boolean>;
 }
 
 function header(req: IncomingMessage, name: string): string | undefined {
@@ -69,6 +85,13 @@ export function createDataproxyHandler(dataproxy: Dataproxy, options: DataproxyA
     if (subject === undefined || cluster === undefined) throw dataproxyError(DataproxyErrorCode.UNAUTHENTICATED, 'the request carries no verified identity (tether-subject/tether-cluster)');
     if (dataproxy.clusterId !== undefined && cluster !== dataproxy.clusterId) throw dataproxyError(DataproxyErrorCode.WRONG_CLUSTER, 'the request is for another cluster');
     const body = await readJson(req);
+    if (options.authorize !== undefined) {
+      const text = (value: unknown): string | undefined => (typeof value === 'string' && value !== '' ? value : undefined);
+      const scope = { org: text(body.org), project: text(body.project), domain: text(body.domain), uri: text(body.uri) };
+      const request: DataAccessRequest = { subject, cluster, operation: method === 'CreateUploadLocation' ? 'data.write' : 'data.read' };
+      for (const [name, value] of Object.entries(scope)) if (value !== undefined) request[name as 'org' | 'project' | 'domain' | 'uri'] = value;
+      if (!(await options.authorize(request))) throw dataproxyError(DataproxyErrorCode.PERMISSION_DENIED, `${subject} may not ${request.operation} here`);
+    }
     if (method === 'CreateUploadLocation') {
       const location = await dataproxy.createUploadLocation(body as unknown as UploadLocationRequest);
       logger.info({ subject, operation: method, uri: location.nativeUrl }, 'upload location issued');

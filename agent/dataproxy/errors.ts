@@ -30,6 +30,8 @@ export const DataproxyErrorCode = {
   INVALID_ARGUMENT: 'DATAPROXY_INVALID_ARGUMENT',
   /** The request reached the dataproxy API without the gateway's identity headers. */
   UNAUTHENTICATED: 'DATAPROXY_UNAUTHENTICATED',
+  /** The API's `authorize` hook refused the subject for this operation. */
+  PERMISSION_DENIED: 'DATAPROXY_PERMISSION_DENIED',
   /** The request is for another cluster than this data plane's. */
   WRONG_CLUSTER: 'DATAPROXY_WRONG_CLUSTER',
   /** Unknown API path. */
@@ -56,6 +58,7 @@ const STATUS: Readonly<Record<DataproxyErrorCode, number>> = {
   DATAPROXY_INVALID_ARGUMENT: 400,
   DATAPROXY_UNAUTHENTICATED: 401,
   DATAPROXY_WRONG_CLUSTER: 403,
+  DATAPROXY_PERMISSION_DENIED: 403,
   DATAPROXY_NO_ROUTE: 404,
   DATAPROXY_KEY_FILE: 500,
   DATAPROXY_STORE_FAILED: 500,

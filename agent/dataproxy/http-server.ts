@@ -15,8 +15,10 @@ export class OwnedHttpServer implements Closable {
   readonly #sockets = new Set<Socket>();
   #listening = false;
 
-  constructor(handler: RequestHandler) {
+  /** `checkContinue` handles requests that carry `Expect: 100-continue` (default: 100 sent at once). */
+  constructor(handler: RequestHandler, checkContinue?: RequestHandler) {
     this.server = createServer(handler);
+    if (checkContinue !== undefined) this.server.on('checkContinue', checkContinue);
     this.server.on('connection', (socket: Socket) => {
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));

@@ -10,7 +10,7 @@ export type { BlobInfo, BlobStore, WriteOptions, WriteResult } from './blob-stor
 export { BlobServer } from './blob-server.js';
 export type { BlobServerOptions } from './blob-server.js';
 export { API_PREFIX, CLUSTER_HEADER, createDataproxyHandler, DataproxyApiServer, SUBJECT_HEADER } from './api.js';
-export type { DataproxyApiOptions } from './api.js';
+export type { DataAccessRequest, DataproxyApiOptions } from './api.js';
 export { BLOB_CLIENT_FAILED, downloadToFile, fileMd5, uploadFile, uploadStream } from './blob-client.js';
 export { DataproxyErrorCode, httpStatusFor } from './errors.js';
 export { blobUri, isValidKey, parseBlobUri, parseKey } from './keys.js';

@@ -76,7 +76,9 @@ export function verifyQuery(keyring: readonly Buffer[], bucket: string, key: str
   for (const signingKey of keyring) {
     if (timingSafeEqual(mac(signingKey, fields), candidate)) valid = true;
   }
-  if (!valid || given.length !== MAC_BYTES) throw dataproxyError(DataproxyErrorCode.SIGNATURE_INVALID, 'the URL signature is not valid');
+  // Only the canonical encoding is accepted (the last base64url character has two spare bits).
+  const canonicalEncoding = given.toString('base64url') === sigText;
+  if (!valid || given.length !== MAC_BYTES || !canonicalEncoding) throw dataproxyError(DataproxyErrorCode.SIGNATURE_INVALID, 'the URL signature is not valid');
   if (Math.floor(nowMs / 1000) > fields.expires) throw dataproxyError(DataproxyErrorCode.URL_EXPIRED, 'the signed URL has expired');
   const allowed = method === 'GET' ? requestMethod === 'GET' || requestMethod === 'HEAD' : requestMethod === 'PUT';
   if (!allowed) throw dataproxyError(DataproxyErrorCode.METHOD_NOT_ALLOWED, `the URL was signed for ${method}, not ${requestMethod}`, { signed: method });

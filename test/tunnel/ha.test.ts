@@ -1,0 +1,185 @@
+import test from 'ava';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
+import type { AgentEvent } from '../../agent/index.js';
+import { failOnLeaks } from '../helpers/leaks.js';
+import { h1Request } from '../helpers/tunnel-clients.js';
+import { AUDIENCE, ISSUER, startTunnelEnv, type TunnelEnv } from '../helpers/tunnel-env.js';
+import { startHttp1Upstream, type Upstream } from '../helpers/tunnel-upstreams.js';
+
+failOnLeaks(test);
+
+let upstream: Upstream;
+let releaseSlow: () => void = () => undefined;
+
+test.before(async () => {
+  upstream = await startHttp1Upstream((req, res) => {
+    req.resume();
+    if (req.url === '/slow') {
+      releaseSlow = () => res.end('slow done');
+      res.writeHead(200);
+      res.write('slow;');
+      return;
+    }
+    res.end('ok');
+  });
+});
+
+test.after.always(async () => {
+  await upstream?.close();
+});
+
+const routes = (): Array<{ prefix: string; upstream: string }> => [{ prefix: '/', upstream: upstream.url }];
+
+test.serial('the agent reconnects with backoff after a gateway restart on the same address', async (t) => {
+  const env = await startTunnelEnv({ agents: [{ clusterId: 'c1', routes: routes() }] });
+  try {
+    const agent = env.agents[0];
+    if (agent === undefined) throw new Error('no agent');
+    const port = Number(env.gateway.address.split(':')[1]);
+    await env.gateway.close();
+    env.gateways.length = 0;
+    t.false(agent.readiness().ready);
+    const gateway = await env.startGateway({ listen: { host: '127.0.0.1', port } });
+    await agent.waitForConnections(2, 10_000);
+    const reply = await h1Request(gateway.address, env.pki.trustBundlePem, { cluster: 'c1', token: await env.token(['c1']) });
+    t.is(reply.status, 200);
+    const reconnects = await agent.registry.getSingleMetricAsString('tether_agent_tunnel_reconnects_total');
+    t.regex(reconnects, /tether_agent_tunnel_reconnects_total\{[^}]*\} [1-9]/);
+  } finally {
+    await env.close();
+  }
+});
+
+test.serial('two replicas: the agent learns the second from the control stream; kill one, every new request succeeds through the other', async (t) => {
+  const env = await startTunnelEnv();
+  try {
+    const a = env.gateway;
+    const b = await env.startGateway({ id: 'gw-b' });
+    a.setReplicas([{ id: 'gw-b', address: b.address }]);
+    const agent = await env.startAgent({ clusterId: 'c1', routes: routes(), gateways: [a.address] });
+    await agent.waitForConnections(4);
+    t.is(a.tunnels.count('c1'), 2);
+    t.is(b.tunnels.count('c1'), 2);
+    const token = await env.token(['c1']);
+    await a.close();
+    let failures = 0;
+    for (let i = 0; i < 30; i++) {
+      const reply = await h1Request(b.address, env.pki.trustBundlePem, { cluster: 'c1', token });
+      if (reply.status !== 200) failures++;
+    }
+    t.is(failures, 0);
+  } finally {
+    await env.close();
+  }
+});
+
+test.serial('gateway drain: agents are told to move, the in-flight request finishes, the other replica takes new ones', async (t) => {
+  const env = await startTunnelEnv();
+  try {
+    const a = env.gateway;
+    const b = await env.startGateway({ id: 'gw-b' });
+    const agent = await env.startAgent({ clusterId: 'c1', routes: routes(), gateways: [a.address, b.address] });
+    await agent.waitForConnections(4);
+    const token = await env.token(['c1']);
+    const slow = h1Request(a.address, env.pki.trustBundlePem, { cluster: 'c1', token, path: '/slow' });
+    while (a.tunnels.all().every((x) => x.activeStreams === 0)) await new Promise((resolve) => setTimeout(resolve, 5));
+    const drained = a.drain(5_000);
+    // New requests at the other replica keep working during the drain.
+    const during = await h1Request(b.address, env.pki.trustBundlePem, { cluster: 'c1', token });
+    t.is(during.status, 200);
+    releaseSlow();
+    const reply = await slow;
+    t.is(reply.status, 200);
+    t.is(reply.body.toString(), 'slow;slow done');
+    await drained;
+    t.is(a.tunnels.count(), 0);
+  } finally {
+    await env.close();
+  }
+});
+
+test.serial('agent rolling restart with drain under continuous load: zero failed requests', async (t) => {
+  const env = await startTunnelEnv();
+  try {
+    const first = await env.startAgent({ clusterId: 'c1', agentId: 'a1', routes: routes() });
+    await first.waitForConnections(2);
+    const token = await env.token(['c1']);
+    let stop = false;
+    let ok = 0;
+    const failures: string[] = [];
+    const load = async (): Promise<void> => {
+      while (!stop) {
+        const reply = await h1Request(env.gateway.address, env.pki.trustBundlePem, { cluster: 'c1', token });
+        if (reply.status === 200) ok++;
+        else failures.push(`${reply.status} ${String(reply.headers['tether-error'])}`);
+      }
+    };
+    const loaders = [load(), load(), load()];
+    /** Let `n` more requests complete (bounded) so that every phase carries load. */
+    const progress = async (n: number): Promise<void> => {
+      const target = ok + failures.length + n;
+      const deadline = Date.now() + 10_000;
+      while (ok + failures.length < target && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+    };
+    await progress(10);
+    const second = await env.startAgent({ clusterId: 'c1', agentId: 'a2', routes: routes() });
+    await second.waitForConnections(2);
+    await progress(10);
+    const drainFirst = first.drain(5_000);
+    await progress(10);
+    await drainFirst;
+    const third = await env.startAgent({ clusterId: 'c1', agentId: 'a3', routes: routes() });
+    await third.waitForConnections(2);
+    const drainSecond = second.drain(5_000);
+    await progress(10);
+    await drainSecond;
+    await progress(10);
+    stop = true;
+    await Promise.all(loaders);
+    t.log(`${ok} requests succeeded`);
+    t.true(ok >= 50);
+    t.deepEqual(failures, []);
+  } finally {
+    await env.close();
+  }
+});
+
+test.serial('a frozen gateway (SIGSTOP) is detected by PING timeout within the configured bound', async (t) => {
+  const env = await startTunnelEnv();
+  let child: ChildProcess | null = null;
+  try {
+    const options = {
+      tls: { key: env.gatewayTls.key, cert: env.gatewayTls.cert, ca: env.pki.trustBundlePem },
+      trustDomain: env.pki.trustDomain,
+      clusters: ['c1'],
+      auth: { mode: 'jwt', issuers: [{ issuer: ISSUER, audiences: [AUDIENCE], jwks: env.issuer.jwks }] },
+      pingIntervalMs: 60_000,
+      pingTimeoutMs: 60_000,
+    };
+    const script = fileURLToPath(new URL('../helpers/tunnel-gateway-child.ts', import.meta.url));
+    child = spawn(process.execPath, ['--import', 'tsx', script, JSON.stringify(options)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const [line] = (await once(child.stdout as NodeJS.ReadableStream, 'data')) as [Buffer];
+    const address = /ready (\S+)/.exec(line.toString())?.[1];
+    if (address === undefined) throw new Error(`child said ${line.toString()}`);
+    const agent = await env.startAgent({ clusterId: 'c1', routes: routes(), gateways: [address], pingIntervalMs: 200, pingTimeoutMs: 400 });
+    await agent.waitForConnections(2);
+    const closed = once(agent.events, 'closed');
+    const frozenAt = Date.now();
+    child.kill('SIGSTOP');
+    const [event] = (await closed) as [AgentEvent];
+    const detectedMs = Date.now() - frozenAt;
+    t.log(`frozen gateway detected after ${detectedMs} ms`);
+    t.is(event.code, 'TUNNEL_PING_TIMEOUT');
+    t.true(detectedMs <= 200 + 400 + 300, `detected within interval + timeout (${detectedMs} ms)`);
+    await agent.close();
+  } finally {
+    if (child !== null) {
+      child.kill('SIGCONT');
+      child.kill('SIGKILL');
+      await once(child, 'exit');
+    }
+    await env.close();
+  }
+});
