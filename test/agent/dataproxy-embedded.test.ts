@@ -3,7 +3,7 @@ import { chmod, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
-import { FsBlobStore, loadSigningKeys, signQuery, startEmbeddedDataproxy, uploadStream, verifyQuery } from '../../agent/dataproxy/index.js';
+import { createDataproxyHandler, Dataproxy, FsBlobStore, loadSigningKeys, OwnedHttpServer, signQuery, startEmbeddedDataproxy, uploadStream, verifyQuery } from '../../agent/dataproxy/index.js';
 import { createRegistry } from '../../common/metrics.js';
 import { failOnLeaks } from '../helpers/leaks.js';
 import { IDENTITY, md5, pathOf, raw } from './dataproxy-fixture.js';
@@ -62,6 +62,35 @@ test('embedded: API, blob server and store in one call; a link to an object dele
     t.regex(await registry.metrics(), /tether_blob_requests_total\{method="GET",code="DATAPROXY_NOT_FOUND"\} 1/);
   } finally {
     await embedded.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('the authorize hook decides per subject and operation after the gateway', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'tether-authz-'));
+  const store = new FsBlobStore(dir);
+  await store.init();
+  const asked: string[] = [];
+  const dataproxy = new Dataproxy({ store, bucket: 'b', publicUrl: 'http://127.0.0.1:1', signingKeys: [randomBytes(32)] });
+  const server = new OwnedHttpServer(
+    createDataproxyHandler(dataproxy, {
+      authorize: (request) => {
+        asked.push(`${request.subject} ${request.operation} ${request.project ?? request.uri ?? ''}`);
+        return request.subject === 'alice@example.com';
+      },
+    }),
+  );
+  await server.listen();
+  try {
+    const body = JSON.stringify({ project: 'p', domain: 'd', contentMd5: md5('x') });
+    const allowed = await raw(server.url, 'POST', '/tether.dataproxy.v1.DataProxyService/CreateUploadLocation', { ...IDENTITY, 'content-length': body.length }, body);
+    t.is(allowed.status, 200, allowed.body);
+    const denied = await raw(server.url, 'POST', '/tether.dataproxy.v1.DataProxyService/CreateUploadLocation', { ...IDENTITY, 'tether-subject': 'mallory', 'content-length': body.length }, body);
+    t.is(denied.status, 403);
+    t.is(denied.json.code, 'DATAPROXY_PERMISSION_DENIED');
+    t.deepEqual(asked, ['alice@example.com data.write p', 'mallory data.write p']);
+  } finally {
+    await server.close();
     await rm(dir, { recursive: true, force: true });
   }
 });

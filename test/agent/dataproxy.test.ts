@@ -1,3 +1,4 @@
+import { request } from 'node:http';
 import anyTest from 'ava';
 import type { TestFn } from 'ava';
 import { failOnLeaks } from '../helpers/leaks.js';
@@ -74,9 +75,16 @@ test('tampering with path, expiry, method, MD5 or signature is refused, each wit
   t.is(asGet.json.code, 'DATAPROXY_SIGNATURE_INVALID');
 
   const sig = q.get('x-sig') ?? '';
-  const flipped = `${sig.slice(0, -1)}${sig.endsWith('A') ? 'B' : 'A'}`;
+  // Change the first character (the last one of 43 has two bits that decode to nothing).
+  const flipped = `${sig.startsWith('A') ? 'B' : 'A'}${sig.slice(1)}`;
   const badSig = await put(fixture, withParam('x-sig', flipped), BODY);
   t.is(badSig.json.code, 'DATAPROXY_SIGNATURE_INVALID');
+  // The same MAC in a non-canonical encoding (spare bits of the last character set) is refused too.
+  const last = sig.at(-1) ?? 'A';
+  const spare = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+  const malleable = `${sig.slice(0, -1)}${spare[spare.indexOf(last) ^ 1]}`;
+  const nonCanonical = await put(fixture, withParam('x-sig', malleable), BODY);
+  t.is(nonCanonical.json.code, 'DATAPROXY_SIGNATURE_INVALID');
   const shortSig = await put(fixture, withParam('x-sig', 'abc'), BODY);
   t.is(shortSig.json.code, 'DATAPROXY_SIGNATURE_INVALID');
   const noSig = await put(fixture, path, BODY);
@@ -234,4 +242,49 @@ test('the API trusts only the gateway identity headers and the cluster it serves
   const route = await raw(fixture.api.url, 'POST', '/tether.dataproxy.v1.DataProxyService/Nope', IDENTITY, '{}');
   t.is(route.status, 404);
   t.is(route.json.code, 'DATAPROXY_NO_ROUTE');
+});
+
+/** A PUT with `Expect: 100-continue`: the body is sent only if the server says continue. */
+function putExpectingContinue(base: string, path: string, headers: Record<string, string | number>, body: Buffer): Promise<{ status: number; code: string | undefined; sentBody: boolean }> {
+  const target = new URL(base);
+  return new Promise((resolve, reject) => {
+    let sentBody = false;
+    const req = request({ host: target.hostname, port: target.port, method: 'PUT', path, headers: { ...headers, expect: '100-continue', 'content-length': body.length }, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => {
+        const json = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}') as { code?: string };
+        resolve({ status: res.statusCode ?? 0, code: json.code, sentBody });
+      });
+    });
+    req.on('continue', () => {
+      sentBody = true;
+      req.end(body);
+    });
+    req.on('error', reject);
+    req.flushHeaders();
+  });
+}
+
+test('Expect: 100-continue: refusals come before the body is sent; accepted uploads continue', async (t) => {
+  const { fixture } = t.context;
+  const location = await uploadLocation(fixture);
+  const url = new URL(location.signedUrl);
+  url.searchParams.set('x-sig', 'A'.repeat(43));
+  const forged = await putExpectingContinue(fixture.blobs.url, url.pathname + url.search, location.headers, BODY);
+  t.deepEqual(forged, { status: 403, code: 'DATAPROXY_SIGNATURE_INVALID', sentBody: false });
+  const wrongMd5 = await putExpectingContinue(fixture.blobs.url, pathOf(location.signedUrl), { 'content-md5': md5('x') }, BODY);
+  t.deepEqual(wrongMd5, { status: 400, code: 'DATAPROXY_MD5_MISMATCH', sentBody: false });
+  const ok = await putExpectingContinue(fixture.blobs.url, pathOf(location.signedUrl), location.headers, BODY);
+  t.deepEqual(ok, { status: 201, code: undefined, sentBody: true });
+});
+
+test('a refusal arrives while the client is still sending a 4 MiB body', async (t) => {
+  const { fixture } = t.context;
+  const big = Buffer.alloc(4 * 1024 * 1024, 1);
+  const location = await fixture.dataproxy.createUploadLocationForUri({ uri: 'tether-blob://dp1/refused', contentMd5: md5('something else') });
+  // Declared length within limits, wrong bytes: the MD5 header check refuses before reading.
+  const res = await raw(fixture.blobs.url, 'PUT', pathOf(location.signedUrl), { 'content-md5': md5(big), 'content-length': big.length }, big);
+  t.is(res.status, 400);
+  t.is(res.json.code, 'DATAPROXY_MD5_MISMATCH');
 });
