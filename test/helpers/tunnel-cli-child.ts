@@ -1,0 +1,9 @@
+/** Runs `tether gateway|agent …` in a child process without cli/main.ts (argv after the script). */
+import { Command } from 'commander';
+import { registerAgentCommand } from '../../cli/commands/agent.js';
+import { registerGatewayCommand } from '../../cli/commands/gateway.js';
+
+const program = new Command('tether').exitOverride();
+registerGatewayCommand(program);
+registerAgentCommand(program);
+await program.parseAsync(process.argv.slice(2), { from: 'user' });
