@@ -8,6 +8,7 @@ import type { Registry } from 'prom-client';
 import type { Closable } from '../../common/lifecycle.js';
 import type { Logger } from '../../common/log.js';
 import { DataproxyApiServer } from './api.js';
+import type { DataproxyApiOptions } from './api.js';
 import { BlobServer } from './blob-server.js';
 import { FsBlobStore } from './blob-store.js';
 import { Dataproxy } from './dataproxy.js';
@@ -30,6 +31,8 @@ export interface EmbeddedDataproxyOptions {
   maxUploadBytes?: number;
   registry?: Registry;
   logger?: Logger;
+  /** Per-request RBAC for the API (see `DataproxyApiOptions.authorize`). */
+  authorize?: DataproxyApiOptions['authorize'];
 }
 
 export interface EmbeddedDataproxy extends Closable {
@@ -58,7 +61,10 @@ export async function startEmbeddedDataproxy(options: EmbeddedDataproxyOptions):
     ...(options.clusterId === undefined ? {} : { clusterId: options.clusterId }),
     ...(options.maxExpiresInSec === undefined ? {} : { maxExpiresInSec: options.maxExpiresInSec }),
   });
-  const api = new DataproxyApiServer(dataproxy, options.logger === undefined ? {} : { logger: options.logger });
+  const api = new DataproxyApiServer(dataproxy, {
+    ...(options.logger === undefined ? {} : { logger: options.logger }),
+    ...(options.authorize === undefined ? {} : { authorize: options.authorize }),
+  });
   try {
     await api.listen(options.apiPort ?? 0, options.apiHost ?? '127.0.0.1');
   } catch (reason) {
