@@ -16,8 +16,8 @@ failOnLeaks(test);
 
 const MIB = 1024 * 1024;
 /** Defaults keep the file fast; `TETHER_TUNNEL_VOLUME_MIB=1024 TETHER_TUNNEL_CYCLES=1000` is the full run. */
-const VOLUME = Number(process.env.TETHER_TUNNEL_VOLUME_MIB ?? 256) * MIB;
-const CYCLES = Number(process.env.TETHER_TUNNEL_CYCLES ?? 200);
+const VOLUME = Number(process.env.TETHER_TUNNEL_VOLUME_MIB ?? 128) * MIB;
+const CYCLES = Number(process.env.TETHER_TUNNEL_CYCLES ?? 100);
 
 setFlagsFromString('--expose_gc');
 const gc = runInNewContext('gc') as () => void;
