@@ -5,9 +5,11 @@
 import { Command, CommanderError } from 'commander';
 import { TetherError, getErrorMessage } from '../common/errors.js';
 import { setTraceSpec } from '../common/log.js';
+import { registerAgentCommand } from './commands/agent.js';
 import { registerCertsCommand } from './commands/certs.js';
 import { registerControlCommand } from './commands/control.js';
 import { registerDevCommand } from './commands/dev.js';
+import { registerGatewayCommand } from './commands/gateway.js';
 import { registerXdsCommand } from './commands/xds.js';
 
 export function buildProgram(): Command {
@@ -22,6 +24,8 @@ export function buildProgram(): Command {
   });
   registerDevCommand(program);
   registerCertsCommand(program);
+  registerGatewayCommand(program);
+  registerAgentCommand(program);
   registerControlCommand(program);
   registerXdsCommand(program);
   return program;
