@@ -146,6 +146,36 @@ test.serial('agent rolling restart with drain under continuous load: zero failed
   }
 });
 
+test.serial('50 agents reconnecting at once after a gateway restart are spread by jitter and all admitted', async (t) => {
+  const env = await startTunnelEnv();
+  try {
+    const agents = [];
+    for (let i = 0; i < 50; i++) {
+      agents.push(await env.startAgent({ clusterId: 'c1', agentId: `herd-${i}`, routes: routes(), connectionsPerGateway: 1, backoff: { initialDelayMs: 300, maxDelayMs: 2000, jitter: 0.5 } }));
+    }
+    await Promise.all(agents.map((a) => a.waitForConnections(1)));
+    const port = Number(env.gateway.address.split(':')[1]);
+    const liveAt: number[] = [];
+    const refused: string[] = [];
+    for (const agent of agents) {
+      agent.events.on('live', () => liveAt.push(Date.now()));
+      agent.events.on('refused', (e: AgentEvent) => refused.push(e.code ?? '?'));
+    }
+    await env.gateway.close();
+    env.gateways.length = 0;
+    const restartedAt = Date.now();
+    const gateway = await env.startGateway({ listen: { host: '127.0.0.1', port } });
+    await Promise.all(agents.map((a) => a.waitForConnections(1, 15_000)));
+    const offsets = liveAt.map((at) => at - restartedAt).sort((a, b) => a - b);
+    t.log(`reconnects spread over ${offsets[0]}…${offsets[offsets.length - 1]} ms after the restart`);
+    t.deepEqual(refused, []);
+    t.is(gateway.tunnels.count('c1'), 50);
+    t.true((offsets[offsets.length - 1] ?? 0) - (offsets[0] ?? 0) >= 100, 'jitter spreads the herd');
+  } finally {
+    await env.close();
+  }
+});
+
 test.serial('a frozen gateway (SIGSTOP) is detected by PING timeout within the configured bound', async (t) => {
   const env = await startTunnelEnv();
   let child: ChildProcess | null = null;
