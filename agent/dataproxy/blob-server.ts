@@ -34,6 +34,8 @@ export interface BlobServerOptions {
   /** The same keyring as the dataproxy's. */
   signingKeys: readonly Buffer[];
   maxUploadBytes?: number;
+  /** Longest a single upload or download may take; default 1 h (the longest URL lifetime). */
+  requestTimeoutMs?: number;
   now?: () => number;
   registry?: Registry;
   logger?: Logger;
@@ -67,7 +69,7 @@ export class BlobServer implements Closable {
     this.#maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
     this.#metrics = options.registry === undefined ? null : dataproxyMetrics(options.registry);
     this.#logger = options.logger ?? silentLogger();
-    this.http = new OwnedHttpServer(this.handler, (req, res) => this.#serve(req, res, true));
+    this.http = new OwnedHttpServer(this.handler, (req, res) => this.#serve(req, res, true), { requestTimeoutMs: options.requestTimeoutMs ?? 3_600_000 });
   }
 
   listen(port = 0, host = '127.0.0.1'): ReturnType<OwnedHttpServer['listen']> {

@@ -16,8 +16,9 @@ export class OwnedHttpServer implements Closable {
   #listening = false;
 
   /** `checkContinue` handles requests that carry `Expect: 100-continue` (default: 100 sent at once). */
-  constructor(handler: RequestHandler, checkContinue?: RequestHandler) {
-    this.server = createServer(handler);
+  constructor(handler: RequestHandler, checkContinue?: RequestHandler, options: { requestTimeoutMs?: number } = {}) {
+    // Node's default request timeout (5 min) would cut long uploads; headers keep their own timeout.
+    this.server = createServer({ requestTimeout: options.requestTimeoutMs ?? 300_000 }, handler);
     if (checkContinue !== undefined) this.server.on('checkContinue', checkContinue);
     this.server.on('connection', (socket: Socket) => {
       this.#sockets.add(socket);
