@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
+import type { CertificateSource } from '../certs/index.js';
 import { AdminServer, type Readiness } from '../common/admin-server.js';
 import { Backoff } from '../common/backoff.js';
 import { TetherError } from '../common/errors.js';
@@ -89,6 +90,14 @@ export class Agent implements Closable {
   /** New certificates (renewal): used by every later dial. */
   updateTls(material: TlsMaterial): void {
     this.tls = material;
+  }
+
+  /**
+   * Follow a `CertificateSource` (certs/): every renewed certificate is used by later dials; live
+   * connections keep their streams. Returns the unsubscribe function.
+   */
+  useCertificateSource(source: Pick<CertificateSource, 'subscribe'>, caPem: string): () => void {
+    return source.subscribe((material) => this.updateTls({ key: material.keyPem, cert: material.chainPem, ca: caPem }));
   }
 
   get tlsMaterial(): TlsMaterial {

@@ -6,7 +6,7 @@
 import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { Registry } from 'prom-client';
-import { checkTlsPeer } from '../certs/index.js';
+import { checkTlsPeer, type CertificateSource } from '../certs/index.js';
 import { AdminServer, type Readiness } from '../common/admin-server.js';
 import { TetherError } from '../common/errors.js';
 import type { Closable } from '../common/lifecycle.js';
@@ -127,6 +127,11 @@ export class Gateway implements Closable {
 
   updateTls(serverTls: ServerTls): void {
     this.frontDoor.updateTls(serverTls);
+  }
+
+  /** Follow a `CertificateSource` for the server certificate (new connections get the renewed one). */
+  useCertificateSource(source: Pick<CertificateSource, 'subscribe'>, caPem: string): () => void {
+    return source.subscribe((material) => this.updateTls({ key: material.keyPem, cert: material.chainPem, ca: caPem }));
   }
 
   /** Replace the revocation deny-list; live tunnels whose certificate is now revoked are closed. */

@@ -32,13 +32,15 @@ async function openNoFollow(file: string): Promise<{ size: number; stream: ReadS
 
 export interface TransferOptions {
   signal?: AbortSignal;
+  /** Roots to trust for an `https:` blob server (PEM); default the system's. */
+  ca?: string;
 }
 
-function send(url: string, method: string, headers: Record<string, string | number>, body: Readable | null, signal: AbortSignal | undefined): Promise<IncomingMessage> {
+function send(url: string, method: string, headers: Record<string, string | number>, body: Readable | null, options: TransferOptions): Promise<IncomingMessage> {
   const target = new URL(url);
   const request = target.protocol === 'https:' ? httpsRequest : httpRequest;
   return new Promise((resolve, reject) => {
-    const req = request(target, { method, headers, agent: false, ...(signal === undefined ? {} : { signal }) }, resolve);
+    const req = request(target, { method, headers, agent: false, ...(options.signal === undefined ? {} : { signal: options.signal }), ...(options.ca === undefined ? {} : { ca: options.ca }) }, resolve);
     req.on('error', reject);
     if (body === null) req.end();
     else body.pipe(req);
@@ -76,7 +78,7 @@ class Md5Counter extends Transform {
 
 /** GET `url` into `file`; verifies the server's Content-MD5 when it sends one. */
 export async function downloadToFile(url: string, file: string, options: TransferOptions = {}): Promise<{ size: number; md5: string }> {
-  const res = await send(url, 'GET', {}, null, options.signal);
+  const res = await send(url, 'GET', {}, null, options);
   if (res.statusCode !== 200) throw await refusal(res, 'download refused');
   const counter = new Md5Counter();
   await pipeline(res, counter, createWriteStream(file), ...(options.signal === undefined ? [] : [{ signal: options.signal }]));
@@ -99,7 +101,7 @@ export async function uploadFile(url: string, headers: Record<string, string>, f
   const { size, stream } = await openNoFollow(file);
   let res: IncomingMessage;
   try {
-    res = await send(url, 'PUT', { ...headers, 'content-length': size }, stream, options.signal);
+    res = await send(url, 'PUT', { ...headers, 'content-length': size }, stream, options);
   } finally {
     if (!stream.destroyed) stream.destroy();
   }
@@ -110,7 +112,7 @@ export async function uploadFile(url: string, headers: Record<string, string>, f
 
 /** PUT any stream (length known) to a signed upload URL; returns the status and body. */
 export async function uploadStream(url: string, headers: Record<string, string | number>, body: Readable, options: TransferOptions = {}): Promise<{ status: number; body: string }> {
-  const res = await send(url, 'PUT', headers, body, options.signal);
+  const res = await send(url, 'PUT', headers, body, options);
   const chunks: Buffer[] = [];
   for await (const chunk of res as AsyncIterable<Buffer>) chunks.push(chunk);
   return { status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') };

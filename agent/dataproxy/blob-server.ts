@@ -34,6 +34,8 @@ export interface BlobServerOptions {
   /** The same keyring as the dataproxy's. */
   signingKeys: readonly Buffer[];
   maxUploadBytes?: number;
+  /** Serve HTTPS with this key and certificate (PEM); default plain HTTP (loopback/dev). */
+  tls?: { key: string; cert: string };
   /** Longest a single upload or download may take; default 1 h (the longest URL lifetime). */
   requestTimeoutMs?: number;
   now?: () => number;
@@ -69,7 +71,10 @@ export class BlobServer implements Closable {
     this.#maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
     this.#metrics = options.registry === undefined ? null : dataproxyMetrics(options.registry);
     this.#logger = options.logger ?? silentLogger();
-    this.http = new OwnedHttpServer(this.handler, (req, res) => this.#serve(req, res, true), { requestTimeoutMs: options.requestTimeoutMs ?? 3_600_000 });
+    this.http = new OwnedHttpServer(this.handler, (req, res) => this.#serve(req, res, true), {
+      requestTimeoutMs: options.requestTimeoutMs ?? 3_600_000,
+      ...(options.tls === undefined ? {} : { tls: options.tls }),
+    });
   }
 
   listen(port = 0, host = '127.0.0.1'): ReturnType<OwnedHttpServer['listen']> {

@@ -21,6 +21,8 @@ export interface EmbeddedDataproxyOptions {
   /** Where the blob server listens; default 127.0.0.1:0. */
   blobHost?: string;
   blobPort?: number;
+  /** Serve the blob server over HTTPS with this key and certificate (PEM). */
+  blobTls?: { key: string; cert: string };
   /** The blob server's URL as clients reach it; default its listening address. */
   publicUrl?: string;
   /** Where the API listens; default 127.0.0.1:0 (reached through the tunnel, never directly). */
@@ -50,7 +52,7 @@ export async function startEmbeddedDataproxy(options: EmbeddedDataproxyOptions):
     ...(options.maxUploadBytes === undefined ? {} : { maxUploadBytes: options.maxUploadBytes }),
     ...(options.registry === undefined ? {} : { registry: options.registry }),
   };
-  const blobs = new BlobServer({ store, bucket, signingKeys: options.signingKeys, ...shared, ...(options.logger === undefined ? {} : { logger: options.logger }) });
+  const blobs = new BlobServer({ store, bucket, signingKeys: options.signingKeys, ...shared, ...(options.blobTls === undefined ? {} : { tls: options.blobTls }), ...(options.logger === undefined ? {} : { logger: options.logger }) });
   await blobs.listen(options.blobPort ?? 0, options.blobHost ?? '127.0.0.1');
   const dataproxy = new Dataproxy({
     store,

@@ -4,6 +4,7 @@
  * left), `close()` cuts everything now.
  */
 import { createServer } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Closable } from '../../common/lifecycle.js';
@@ -16,11 +17,15 @@ export class OwnedHttpServer implements Closable {
   #listening = false;
 
   /** `checkContinue` handles requests that carry `Expect: 100-continue` (default: 100 sent at once). */
-  constructor(handler: RequestHandler, checkContinue?: RequestHandler, options: { requestTimeoutMs?: number } = {}) {
+  readonly #tls: boolean;
+
+  constructor(handler: RequestHandler, checkContinue?: RequestHandler, options: { requestTimeoutMs?: number; tls?: { key: string; cert: string } } = {}) {
     // Node's default request timeout (5 min) would cut long uploads; headers keep their own timeout.
-    this.server = createServer({ requestTimeout: options.requestTimeoutMs ?? 300_000 }, handler);
+    const requestTimeout = options.requestTimeoutMs ?? 300_000;
+    this.#tls = options.tls !== undefined;
+    this.server = options.tls === undefined ? createServer({ requestTimeout }, handler) : createTlsServer({ requestTimeout, key: options.tls.key, cert: options.tls.cert, minVersion: 'TLSv1.2' }, handler);
     if (checkContinue !== undefined) this.server.on('checkContinue', checkContinue);
-    this.server.on('connection', (socket: Socket) => {
+    this.server.on(this.#tls ? 'secureConnection' : 'connection', (socket: Socket) => {
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
     });
@@ -44,10 +49,10 @@ export class OwnedHttpServer implements Closable {
     return address;
   }
 
-  /** `http://host:port` of the listening socket. */
+  /** `http(s)://host:port` of the listening socket. */
   get url(): string {
     const { address, port, family } = this.address();
-    return `http://${family === 'IPv6' ? `[${address}]` : address}:${port}`;
+    return `${this.#tls ? 'https' : 'http'}://${family === 'IPv6' ? `[${address}]` : address}:${port}`;
   }
 
   #stopping: Promise<void> | null = null;

@@ -47,6 +47,8 @@ export interface ExecutorOptions {
    * ancestors must be traversable by that user; the run's `work/` and `outputs/` are given to it.
    */
   runAs?: { uid: number; gid: number };
+  /** Roots (PEM) to trust for an `https:` blob server; default the system's. */
+  blobCa?: string;
   /** Cap on error messages sent to the control plane; default 512 bytes. */
   maxErrorBytes?: number;
   registry?: Registry;
@@ -109,6 +111,7 @@ export class Executor implements Closable {
       keepWorkDirs: o.keepWorkDirs ?? false,
       maxErrorBytes: o.maxErrorBytes ?? 512,
       runAs: o.runAs ?? null,
+      blobCa: o.blobCa,
       metrics: this.#metrics,
       logger: this.#logger,
     });

@@ -90,6 +90,8 @@ export interface RunSettings {
   keepWorkDirs: boolean;
   maxErrorBytes: number;
   runAs: { uid: number; gid: number } | null;
+  /** Roots for an `https:` blob server. */
+  blobCa: string | undefined;
   metrics: ExecutorMetrics | null;
   logger: Logger;
 }
@@ -246,7 +248,7 @@ export class RunExecution {
       if (!OUTPUT_NAME.test(name)) throw new RunFailure(Phase.FAILED, ExecutorErrorCode.INPUT_FAILED, `input name ${JSON.stringify(name.slice(0, 64))} cannot name a file`, 'USER');
       try {
         const link = await this.#settings.urls.createDownloadLink({ uri });
-        const { size } = await downloadToFile(link.signedUrl, this.#path('inputs', name), { signal: this.#abort.signal });
+        const { size } = await downloadToFile(link.signedUrl, this.#path('inputs', name), { signal: this.#abort.signal, ...this.#tls() });
         this.#settings.metrics?.transferBytes.inc({ direction: 'in' }, size);
       } catch (reason) {
         this.#checkStopped();
@@ -345,6 +347,10 @@ export class RunExecution {
     return out;
   }
 
+  #tls(): { ca?: string } {
+    return this.#settings.blobCa === undefined ? {} : { ca: this.#settings.blobCa };
+  }
+
   #outputPrefix(): string {
     const prefix = this.run.outputPrefix.replace(/\/+$/, '');
     if (prefix !== '') return prefix;
@@ -359,7 +365,7 @@ export class RunExecution {
       if (!stats.isFile()) throw new RunFailure(Phase.FAILED, ExecutorErrorCode.OUTPUT_INVALID, 'an output is not a regular file', 'USER');
       const { size, md5 } = await fileMd5(file);
       const location = await this.#settings.urls.createUploadLocationForUri({ uri, contentMd5: md5, contentLength: size });
-      await uploadFile(location.signedUrl, location.headers, file, { signal: this.#abort.signal });
+      await uploadFile(location.signedUrl, location.headers, file, { signal: this.#abort.signal, ...this.#tls() });
       this.#settings.metrics?.transferBytes.inc({ direction: 'out' }, size);
       return location.nativeUrl;
     } catch (reason) {

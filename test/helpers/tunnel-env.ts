@@ -41,7 +41,7 @@ export interface TunnelEnv {
   gateway: Gateway;
   agents: Agent[];
   /** Start one more agent (not waited for). */
-  startAgent(options: Partial<AgentOptions> & { clusterId?: string; agentId?: string; cert?: TlsMaterial }): Promise<Agent>;
+  startAgent(options: Partial<AgentOptions> & { clusterId?: string; agentId?: string; cert?: { key: string; cert: string } }): Promise<Agent>;
   startGateway(options?: Partial<GatewayOptions>): Promise<Gateway>;
   token(clusters: string[], sub?: string): Promise<string>;
   close(): Promise<void>;
@@ -81,7 +81,7 @@ export async function startTunnelEnv(options: TunnelEnvOptions = {}): Promise<Tu
     return gateway;
   };
 
-  const startAgent = async (extra: Partial<AgentOptions> & { clusterId?: string; agentId?: string; cert?: TlsMaterial }): Promise<Agent> => {
+  const startAgent = async (extra: Partial<AgentOptions> & { clusterId?: string; agentId?: string; cert?: { key: string; cert: string } }): Promise<Agent> => {
     const { clusterId = 'c1', agentId = 'a1', cert, ...rest } = extra;
     const material = cert ?? (await pki.agentCert({ clusterId, agentId }));
     const agent = new Agent({
