@@ -3,9 +3,10 @@ import { chmod, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
-import { createDataproxyHandler, Dataproxy, FsBlobStore, loadSigningKeys, OwnedHttpServer, signQuery, startEmbeddedDataproxy, uploadStream, verifyQuery } from '../../agent/dataproxy/index.js';
+import { createDataproxyHandler, Dataproxy, downloadToFile, FsBlobStore, loadSigningKeys, OwnedHttpServer, signQuery, startEmbeddedDataproxy, uploadStream, verifyQuery } from '../../agent/dataproxy/index.js';
 import { createRegistry } from '../../common/metrics.js';
 import { failOnLeaks } from '../helpers/leaks.js';
+import { createTestPki } from '../helpers/pki.js';
 import { IDENTITY, md5, pathOf, raw } from './dataproxy-fixture.js';
 import { Readable } from 'node:stream';
 
@@ -91,6 +92,28 @@ test('the authorize hook decides per subject and operation after the gateway', a
     t.deepEqual(asked, ['alice@example.com data.write p', 'mallory data.write p']);
   } finally {
     await server.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('the blob server over TLS: transfers with the right roots succeed, an untrusting client is refused', async (t) => {
+  const pki = await createTestPki();
+  const tls = await pki.gatewayCert();
+  const dir = await mkdtemp(join(tmpdir(), 'tether-blob-tls-'));
+  const embedded = await startEmbeddedDataproxy({ root: join(dir, 'blobs'), signingKeys: [randomBytes(32)], blobTls: { key: tls.key, cert: tls.cert } });
+  try {
+    t.true(embedded.blobs.url.startsWith('https://127.0.0.1:'));
+    const body = Buffer.from('over tls');
+    const location = await embedded.dataproxy.createUploadLocationForUri({ uri: 'tether-blob://local/tls/x', contentMd5: md5(body) });
+    t.true(location.signedUrl.startsWith('https://'));
+    await t.throwsAsync(uploadStream(location.signedUrl, { ...location.headers, 'content-length': body.length }, Readable.from([body])), { message: /certificate/ });
+    const put = await uploadStream(location.signedUrl, { ...location.headers, 'content-length': body.length }, Readable.from([body]), { ca: pki.trustBundlePem });
+    t.is(put.status, 201, put.body);
+    const link = await embedded.dataproxy.createDownloadLink({ uri: location.nativeUrl });
+    const target = join(dir, 'x');
+    t.deepEqual(await downloadToFile(link.signedUrl, target, { ca: pki.trustBundlePem }), { size: body.length, md5: md5(body) });
+  } finally {
+    await embedded.close();
     await rm(dir, { recursive: true, force: true });
   }
 });
