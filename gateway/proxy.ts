@@ -136,7 +136,12 @@ export class ClientProxy {
 
   /** Open a tunnel stream for the exchange and wire both sides; retries refused streams elsewhere. */
   private forward(clusterId: string, headers: OutgoingHttpHeaders, client: ClientSide, attempt = 0, exclude = new Set<AgentTunnel>()): void {
-    const tunnel = this.registry.pick(clusterId, exclude);
+    const busy = { full: false };
+    const tunnel = this.registry.pick(clusterId, exclude, busy);
+    if (tunnel === null && busy.full) {
+      client.respondError('TUNNEL_BUSY', `every tunnel of cluster ${clusterId} is at its stream limit`, { 'retry-after': String(this.config.noTunnelRetryAfterSec) });
+      return;
+    }
     if (tunnel === null) {
       client.respondError('NO_TUNNEL', `no live tunnel for cluster ${clusterId}`, { 'retry-after': String(this.config.noTunnelRetryAfterSec) });
       return;

@@ -36,12 +36,20 @@ export class TunnelRegistry {
     this.emit();
   }
 
-  /** Least-loaded usable connection for `clusterId`, skipping `exclude`. */
-  pick(clusterId: string, exclude?: ReadonlySet<AgentTunnel>): AgentTunnel | null {
+  /**
+   * Least-loaded usable connection for `clusterId`, skipping `exclude` and connections at the
+   * agent's concurrent-stream limit. `busy` is set when only full connections were found.
+   */
+  pick(clusterId: string, exclude?: ReadonlySet<AgentTunnel>, busy?: { full: boolean }): AgentTunnel | null {
     let best: AgentTunnel | null = null;
     for (const tunnel of this.byCluster.get(clusterId) ?? []) {
       if (tunnel.draining || tunnel.session.closed || tunnel.session.destroyed) continue;
       if (exclude?.has(tunnel)) continue;
+      const limit = tunnel.session.remoteSettings.maxConcurrentStreams ?? Number.POSITIVE_INFINITY;
+      if (tunnel.activeStreams >= limit) {
+        if (busy !== undefined) busy.full = true;
+        continue;
+      }
       if (best === null || tunnel.activeStreams < best.activeStreams) best = tunnel;
     }
     return best;

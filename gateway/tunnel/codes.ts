@@ -11,6 +11,8 @@ export const TunnelCodes = {
   FORBIDDEN: 403,
   /** No live tunnel connection for the cluster on this replica. */
   NO_TUNNEL: 503,
+  /** Every tunnel connection of the cluster is at the agent's concurrent-stream limit. */
+  TUNNEL_BUSY: 503,
   /** The agent could not connect to the upstream (refused, unreachable, TLS failure). */
   UPSTREAM_REFUSED: 502,
   /** The upstream broke the exchange (reset, protocol error) before a response. */

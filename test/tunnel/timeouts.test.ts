@@ -60,3 +60,19 @@ test.serial('several agents serve one cluster; new streams go to the least-loade
   await a.close();
   await b.close();
 });
+
+test.serial('a connection at the agent stream limit takes no more streams: 503 TUNNEL_BUSY, others unaffected', async (t) => {
+  const agent = await env.startAgent({ clusterId: 'c2', agentId: 'limited', routes: [{ prefix: '/', upstream: upstream.url }], connectionsPerGateway: 1, limits: { maxConcurrentStreams: 2 } });
+  await agent.waitForConnections(1);
+  const token = await env.token(['c2']);
+  const hanging = [0, 1].map(() => h1Request(env.gateway.address, env.pki.trustBundlePem, { cluster: 'c2', token, path: '/hang' }));
+  const deadline = Date.now() + 5000;
+  while ((env.gateway.tunnels.all().find((x) => x.clusterId === 'c2')?.activeStreams ?? 0) < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+  const third = await h1Request(env.gateway.address, env.pki.trustBundlePem, { cluster: 'c2', token, path: '/ok' });
+  t.is(third.status, 503);
+  t.is(third.headers['tether-error'], 'TUNNEL_BUSY');
+  t.deepEqual((await Promise.all(hanging)).map((r) => r.status), [504, 504]);
+  const after = await h1Request(env.gateway.address, env.pki.trustBundlePem, { cluster: 'c2', token, path: '/ok' });
+  t.is(after.status, 200);
+  await agent.close();
+});
