@@ -256,3 +256,34 @@ test('CONNECT to a target outside the agent allow-list is refused with 403 TCP_T
   t.is(status, 403);
   t.is(headers['tether-error'], 'TCP_TARGET_FORBIDDEN');
 });
+
+test('WebSocket from an HTTP/2 client (RFC 8441 extended CONNECT end to end)', async (t) => {
+  const token = await env.token(['c1'], 'h2-ws');
+  const session = await connectH2(env.gateway.url, env.pki.trustBundlePem);
+  try {
+    // The gateway advertises SETTINGS_ENABLE_CONNECT_PROTOCOL.
+    if (session.remoteSettings.enableConnectProtocol !== true) await new Promise((resolve) => session.once('remoteSettings', resolve));
+    t.true(session.remoteSettings.enableConnectProtocol);
+    const stream = session.request({ ':method': 'CONNECT', ':protocol': 'websocket', ':path': '/ws', ':scheme': 'https', ':authority': 'localhost', 'sec-websocket-version': '13', authorization: `Bearer ${token}`, 'tether-cluster': 'c1' });
+    const status = await new Promise<number>((resolve) => stream.once('response', (h) => resolve(Number(h[':status']))));
+    t.is(status, 200);
+    const payload = Buffer.from('hi');
+    const mask = Buffer.from([1, 2, 3, 4]);
+    const masked = Buffer.from(payload.map((b, i) => b ^ (mask[i % 4] as number)));
+    const expected = 'echo:hi:h2-ws';
+    const reply = new Promise<Buffer>((resolve) => {
+      let got = Buffer.alloc(0);
+      stream.on('data', (c: Buffer) => {
+        got = Buffer.concat([got, c]);
+        if (got.length >= 2 + expected.length) resolve(got);
+      });
+    });
+    stream.write(Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, masked]));
+    const frame = await reply;
+    t.is(frame[0], 0x81);
+    t.is(frame.subarray(2, 2 + expected.length).toString(), expected);
+    stream.close(http2.constants.NGHTTP2_CANCEL);
+  } finally {
+    await closeH2(session);
+  }
+});
