@@ -274,9 +274,9 @@ export function compileRouteConfig(config: RouteConfiguration, at = ''): Compile
     virtualHosts,
     ignorePort,
     virtualHostFor(authority: string) {
+      // As Envoy: the whole authority (port included) unless the port is to be ignored.
       const host = authority.toLowerCase();
-      if (ignorePort) return pick(stripPortOf(host));
-      return pick(host) ?? (host === stripPortOf(host) ? null : pick(stripPortOf(host)));
+      return pick(ignorePort ? stripPortOf(host) : host);
     },
   }));
 }

@@ -29,7 +29,10 @@ export interface RouteDecision {
   /** Which route matched: `virtual_hosts[i].routes[j]` of `routeConfig`. */
   route: string;
   routeConfig: string;
-  /** Another endpoint of the same cluster for a retry (one not tried yet while any is left), or null. */
+  /**
+   * The endpoint for a retry: the cluster's next one not tried yet by this decision while any is
+   * left, then round robin again (a retry may go back to a host); null only for an empty cluster.
+   */
   next(): URL | null;
 }
 
