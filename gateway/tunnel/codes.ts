@@ -33,8 +33,6 @@ export const TunnelCodes = {
   NO_ROUTE: 404,
   /** A CONNECT target the agent's route table does not allow. */
   TCP_TARGET_FORBIDDEN: 403,
-  /** The agent is draining and takes no new streams. */
-  AGENT_DRAINING: 503,
 } as const;
 
 export type TunnelCode = keyof typeof TunnelCodes;
@@ -45,8 +43,6 @@ export function statusOf(code: string): number {
 
 /** Codes the gateway sends in a `refused` control message when it rejects an agent's handshake. */
 export const RefusalCodes = {
-  /** The agent presented no client certificate. */
-  AGENT_CERT_MISSING: 'AGENT_CERT_MISSING',
   /** The SPIFFE id names a cluster the gateway does not know. */
   CLUSTER_NOT_REGISTERED: 'CLUSTER_NOT_REGISTERED',
   /** The gateway is draining; try another replica or later. */
