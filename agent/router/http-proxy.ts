@@ -169,7 +169,8 @@ export class RouterProxy implements Closable {
       const session = this.#session(`http://${upstream.host}`);
       let connected = session.connecting === false;
       session.once('connect', () => (connected = true));
-      const stream = session.request({ ...headers, ':method': req.method ?? 'GET', ':path': decision.path, ':authority': req.headers.host ?? upstream.host, ':scheme': 'http' });
+      const empty = body.length === 0;
+      const stream = session.request({ ...headers, ':method': req.method ?? 'GET', ':path': decision.path, ':authority': req.headers.host ?? upstream.host, ':scheme': 'http' }, { endStream: empty });
       const timer = setTimeout(() => {
         stream.close(http2.constants.NGHTTP2_CANCEL);
         resolve({ ok: false, condition: 'timeout', message: `no response within ${timeoutMs} ms` });
@@ -190,7 +191,7 @@ export class RouterProxy implements Closable {
         const refused = stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM;
         resolve({ ok: false, condition: refused ? 'refused-stream' : 'reset', message: `stream closed (${stream.rstCode ?? 0})` });
       });
-      stream.end(body);
+      if (!empty) stream.end(body);
     });
   }
 
