@@ -17,7 +17,7 @@ import { closeClient, namedUpstream, request } from './fixtures.js';
 failOnLeaks(test);
 test.after.always(() => closeClient());
 
-test('the snapshot is consistent and valid for Envoy's rules, one cluster per origin', (t) => {
+test('the snapshot is consistent and valid for the Envoy rules, one cluster per origin', (t) => {
   const input = staticSnapshot([
     { prefix: '/api/', upstream: 'http://127.0.0.1:8080/base' },
     { prefix: '/', upstream: 'h2c://127.0.0.1:9090' },
