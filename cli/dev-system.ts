@@ -4,9 +4,13 @@
  *
  * - the dev OIDC issuer (stands in for the cluster's service-account issuer and for the users'
  *   identity provider),
- * - the identity exchange (workload token + CSR → 1 h SPIFFE certificate),
+ * - the control plane (encrypted SQLite store, JSON/HTTP and gRPC API, the agents' channel, and
+ *   the identity exchange: workload token + CSR → 1 h SPIFFE certificate), with cluster `demo`
+ *   registered,
  * - a gateway (TLS port for agents and TLS clients, a cleartext port for local clients),
- * - an agent whose certificate comes from the exchange, with its key only in memory (I4),
+ * - an agent whose certificate comes from the exchange over the control plane's API, with its key
+ *   only in memory (I4); it holds the outbound channel to the control plane, executes leased runs,
+ *   and serves the dataproxy (signed URLs) through the tunnel,
  * - a demo upstream (or `--upstream URL`) behind the agent's default route.
  *
  * `startDevSystem()` is the library form used by the command and by its tests.
@@ -15,15 +19,13 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
+import { API_PREFIX as DATAPROXY_PREFIX, loadSigningKeys } from '../agent/dataproxy/index.js';
+import { controlIdentityExchange } from '../agent/identity-client.js';
 import { Agent } from '../agent/index.js';
-import {
-  CertificateAuthority,
-  CertificateSource,
-  DevOidcIssuer,
-  InMemoryClusterIdentityRegistry,
-  createIdentityExchange,
-  workloadCertificateIssuer,
-} from '../certs/index.js';
+import { Orchestration } from '../agent/orchestration.js';
+import { CertificateAuthority, CertificateSource, DevOidcIssuer } from '../certs/index.js';
+import { DEV_CONTROL_AUDIENCE, startDevControl } from '../control/dev.js';
+import { userCaller } from '../control/service.js';
 import { TetherError } from '../common/errors.js';
 import type { Closable } from '../common/lifecycle.js';
 import { once } from '../common/lifecycle.js';
@@ -39,6 +41,10 @@ export const DEV_WORKLOAD_AUDIENCE = 'tether-identity';
 export const DEV_CLIENT_AUDIENCE = 'tether-gateway';
 export const DEV_AGENT_SUBJECT = 'system:serviceaccount:tether-system:tether-agent';
 export const DEV_BASE_DOMAIN = 'localhost';
+export const DEV_ORG = 'dev';
+/** The dev user: org Admin in the control plane, allowed to reach cluster `demo`. */
+export const DEV_USER = 'dev';
+export const DEV_BUCKET = 'demo-data';
 
 export interface DevOptions {
   stateDir: string;
@@ -46,6 +52,8 @@ export interface DevOptions {
   listen: { host: string; port: number };
   /** Point the demo cluster's default route at this HTTP server instead of the built-in demo. */
   upstream?: string;
+  /** The control plane's JSON/HTTP port; 0 picks one. Default 0. */
+  controlPort?: number;
   logger?: Logger;
 }
 
@@ -58,6 +66,10 @@ export interface DevSystem extends Closable {
   /** File holding a bearer token for the dev user, allowed to reach the demo cluster. */
   clientTokenFile: string;
   clientToken: string;
+  /** The control plane's JSON/HTTP API. */
+  controlUrl: string;
+  /** File holding a bearer token for the dev user (org Admin) on the control plane's API. */
+  controlTokenFile: string;
   /** Host to send for host-based routing. */
   clusterHost: string;
   agentAdminUrl: string;
@@ -112,12 +124,25 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
     await issuer.listen();
     started.push(issuer);
 
-    const exchange = createIdentityExchange({
+    const control = await startDevControl({
+      stateDir: join(stateDir, 'control'),
+      issuerUrl: issuer.issuer,
       ca,
-      clusters: new InMemoryClusterIdentityRegistry([
-        { clusterId: DEV_CLUSTER, issuer: issuer.issuer, audience: DEV_WORKLOAD_AUDIENCE, allowedSubjects: DEV_AGENT_SUBJECT },
-      ]),
-      logger,
+      org: DEV_ORG,
+      admins: [DEV_USER],
+      httpPort: options.controlPort ?? 0,
+      logger: logger.child({ component: 'control' }),
+    });
+    started.push(control);
+    const controlUrl = `http://127.0.0.1:${control.httpPort}`;
+    await control.service.registerCluster(userCaller(DEV_USER), {
+      org: DEV_ORG,
+      id: DEV_CLUSTER,
+      mode: 'tunnel',
+      endpoint: `${DEV_CLUSTER}.${DEV_BASE_DOMAIN}`,
+      issuer: issuer.issuer,
+      audience: DEV_WORKLOAD_AUDIENCE,
+      allowedSubjects: [DEV_AGENT_SUBJECT],
     });
 
     // Upstream.
@@ -150,22 +175,44 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
 
     // The agent's identity: a projected-token stand-in exchanged for a 1 h certificate whose key
     // never leaves this process's memory.
+    const exchange = controlIdentityExchange(controlUrl);
     const source = new CertificateSource({
-      issue: workloadCertificateIssuer({
-        tokenSource: () => issuer.mint({ subject: DEV_AGENT_SUBJECT, audience: DEV_WORKLOAD_AUDIENCE, ttlSec: 600 }),
-        exchange: (request) => exchange.exchange(request),
-        clusterId: DEV_CLUSTER,
-        agentId: DEV_AGENT,
-      }),
+      // The agent's side of the exchange: a fresh workload token (in a cluster, re-read from the
+      // projected token file) and the CSR of the in-memory key, sent to the control plane.
+      issue: async (csrPem) =>
+        exchange({
+          token: await issuer.mint({ subject: DEV_AGENT_SUBJECT, audience: DEV_WORKLOAD_AUDIENCE, ttlSec: 600 }),
+          csrPem,
+          clusterId: DEV_CLUSTER,
+          agentId: DEV_AGENT,
+        }),
       logger: logger.child({ component: 'certificate-source' }),
     });
     await source.start();
     started.push({ drain: () => source.close(), close: () => source.close() });
     const material = source.current();
+    const orchestration = await Orchestration.start({
+      controlAddress: `localhost:${control.agentPort}`,
+      agentId: DEV_AGENT,
+      certificates: source,
+      trustBundlePem: ca.trustBundlePem(),
+      workDir: join(stateDir, 'runs'),
+      dataproxy: {
+        root: join(stateDir, 'blobs'),
+        bucket: DEV_BUCKET,
+        clusterId: DEV_CLUSTER,
+        signingKeys: await loadSigningKeys(join(stateDir, 'dataproxy-signing-keys'), { create: true }),
+      },
+      logger: logger.child({ component: 'orchestration' }),
+    });
+    started.push(orchestration);
     const agent = new Agent({
       gateways: [gateway.address],
       serverName: 'localhost',
-      routes: [{ prefix: '/', upstream: upstreamUrl }],
+      routes: [
+        { prefix: DATAPROXY_PREFIX, upstream: orchestration.data.api.url },
+        { prefix: '/', upstream: upstreamUrl },
+      ],
       tls: { key: material.keyPem, cert: material.chainPem, ca: ca.trustBundlePem() },
       admin: { host: '127.0.0.1', port: 0 },
       drainGraceMs: 5_000,
@@ -177,13 +224,16 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
     await agent.waitForConnections(1, 15_000);
 
     const clientToken = await issuer.mint({
-      subject: 'user:dev@example.com',
+      subject: DEV_USER,
       audience: DEV_CLIENT_AUDIENCE,
       ttlSec: 12 * 3600,
       claims: { clusters: [DEV_CLUSTER] },
     });
     const clientTokenFile = join(stateDir, 'client-token');
     await writeFile(clientTokenFile, `${clientToken}\n`, { mode: 0o600 });
+    const controlToken = await issuer.mint({ subject: DEV_USER, audience: DEV_CONTROL_AUDIENCE, ttlSec: 12 * 3600 });
+    const controlTokenFile = join(stateDir, 'control-token');
+    await writeFile(controlTokenFile, `${controlToken}\n`, { mode: 0o600 });
 
     const adminOf = (address: AddressInfo | null): string => (address === null ? '' : `http://127.0.0.1:${address.port}`);
     const stop = once(() => stopAll('close'));
@@ -193,6 +243,8 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
       caFile,
       clientTokenFile,
       clientToken,
+      controlUrl,
+      controlTokenFile,
       clusterHost: `${DEV_CLUSTER}.${DEV_BASE_DOMAIN}`,
       agentAdminUrl: adminOf(agent.adminAddress),
       gatewayAdminUrl: gateway.adminUrl ?? '',

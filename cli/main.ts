@@ -8,6 +8,7 @@ import { setTraceSpec } from '../common/log.js';
 import { registerAgentCommand } from './commands/agent.js';
 import { registerCertsCommand } from './commands/certs.js';
 import { registerControlCommand } from './commands/control.js';
+import { registerDataCommand } from './commands/data.js';
 import { registerDevCommand } from './commands/dev.js';
 import { registerGatewayCommand } from './commands/gateway.js';
 import { registerXdsCommand } from './commands/xds.js';
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerAgentCommand(program);
   registerControlCommand(program);
   registerXdsCommand(program);
+  registerDataCommand(program);
   return program;
 }
 

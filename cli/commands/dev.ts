@@ -21,16 +21,23 @@ export function registerDevCommand(program: Command): void {
     .option('--state-dir <dir>', 'where the local CA and dev issuer keys are kept', '.tether/dev')
     .option('--listen <host:port>', 'cleartext client listener (HTTP/1.1 and h2c); port 0 picks one', '127.0.0.1:8080')
     .option('--upstream <url>', "point the demo cluster's default route at this HTTP server")
-    .action(async (opts: { stateDir: string; listen: string; upstream?: string }) => {
+    .option('--control-port <port>', "the control plane's JSON/HTTP port on 127.0.0.1; 0 picks one", '7080')
+    .action(async (opts: { stateDir: string; listen: string; upstream?: string; controlPort: string }) => {
+      const controlPort = Number(opts.controlPort);
+      if (!Number.isInteger(controlPort) || controlPort < 0 || controlPort > 65535) {
+        throw new TetherError('INVALID_OPTIONS', `--control-port: expected 0..65535, got "${opts.controlPort}"`);
+      }
       const logger = createLogger('dev', process.env.TETHER_LOG_LEVEL ?? 'warn');
       const system = await startDevSystem({
         stateDir: opts.stateDir,
         listen: parseHostPort(opts.listen),
+        controlPort,
         ...(opts.upstream === undefined ? {} : { upstream: opts.upstream }),
         logger,
       });
       const lines = [
-        'tether dev is running: dev identity issuer, identity exchange, gateway, agent (cluster "demo"), demo upstream.',
+        'tether dev is running: dev identity issuer, control plane, gateway, agent (cluster "demo") with executor and dataproxy, demo upstream.',
+        `  control API:     ${system.controlUrl}  (token: ${system.controlTokenFile})`,
         `  agent identity:  ${system.agentCertificate.spiffeId ?? '?'} (key in memory only, expires ${system.agentCertificate.notAfter.toISOString()})`,
         `  trust bundle:    ${system.caFile}`,
         `  client token:    ${system.clientTokenFile}`,
@@ -43,7 +50,11 @@ export function registerDevCommand(program: Command): void {
         `  curl --cacert ${system.caFile} -H "authorization: Bearer $(cat ${system.clientTokenFile})" --resolve ${system.clusterHost}:${new URL(system.tlsUrl).port}:127.0.0.1 https://${system.clusterHost}:${new URL(system.tlsUrl).port}/hello`,
         `  curl ${system.clientUrl}/hello -H "tether-cluster: demo"     # no token: 401`,
         '',
+        `  ./bin/tether.js control call --url ${system.controlUrl} --token-file ${system.controlTokenFile} ClusterService/ListClusters '{"org":"dev"}'`,
+        '  (README.md "Walkthrough" registers a task, runs it and downloads its output through signed URLs)',
+        '',
         `client-url: ${system.clientUrl}`,
+        `control-url: ${system.controlUrl}`,
         `host: ${system.clusterHost}`,
         '',
         'Ctrl-C drains and stops.',
