@@ -23,6 +23,7 @@ import { RouteTable } from './routes.js';
 import type { StreamContext } from './stream-handler.js';
 import { TunnelConnection, type TlsMaterial } from './tunnel-connection.js';
 import { UpstreamPools } from './upstreams.js';
+import { AgentXds } from './router/agent-xds.js';
 
 export interface AgentOptions extends AgentConfigInput {
   tls: TlsMaterial;
@@ -50,6 +51,8 @@ export class Agent implements Closable {
   private readonly targets = new Map<string, Slot[]>();
   private readonly seeds: Set<string>;
   private admin: AdminServer | null = null;
+  /** The embedded xDS server and built-in router (`xds` option), or null. */
+  readonly xds: AgentXds | null;
   private readyWaiters: Array<() => void> = [];
   private stopped = false;
 
@@ -67,6 +70,9 @@ export class Agent implements Closable {
       metrics: this.metrics,
       logger: this.logger,
     };
+    const xds = this.config.xds;
+    this.xds = xds === undefined ? null : new AgentXds({ routes: this.config.routes, listen: xds.listen, useBuiltInRouter: xds.useBuiltInRouter, logger: this.logger, registry: this.metrics.registry });
+    this.streams.routing = this.xds?.routing ?? null;
     this.seeds = new Set(this.config.gateways);
   }
 
@@ -80,6 +86,8 @@ export class Agent implements Closable {
       this.admin = new AdminServer({ registry: this.registry, readiness: () => this.readiness(), ...this.config.admin });
       await this.admin.listen();
     }
+    // The router has its first configuration before any tunnel carries a stream.
+    await this.xds?.start();
     for (const address of this.seeds) this.addTarget(address);
   }
 
@@ -220,6 +228,7 @@ export class Agent implements Closable {
     const all = [...this.targets.values()].flat();
     await Promise.all(all.map((slot) => slot.stop(graceMs)));
     await this.pools.drain();
+    await this.xds?.drain();
     await this.admin?.drain();
   }
 
@@ -228,6 +237,7 @@ export class Agent implements Closable {
     const all = [...this.targets.values()].flat();
     await Promise.all(all.map((slot) => slot.stop(0)));
     await this.pools.close();
+    await this.xds?.close();
     await this.admin?.close();
     this.changed();
   });

@@ -37,6 +37,22 @@ export const agentOptionsSchema = z.object({
   limits,
   /** Metrics and health listener; loopback or an in-cluster address only (I1). Omit to disable. */
   admin: z.object({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(0) }).optional(),
+  /**
+   * The agent's xDS side (agent/router): an embedded xDS server on a loopback address serving
+   * `routes` as a snapshot (for the built-in router and an Envoy), and with `useBuiltInRouter`
+   * the router that then routes tunnelled streams instead of the static table.
+   */
+  xds: z
+    .object({
+      listen: z
+        .object({
+          host: z.string().refine((h) => /^127\./.test(h) || h === '::1' || h === 'localhost', 'must be a loopback address').default('127.0.0.1'),
+          port: z.number().int().min(0).max(65535).default(0),
+        })
+        .prefault({}),
+      useBuiltInRouter: z.boolean().default(true),
+    })
+    .optional(),
   /** Drain grace on shutdown. */
   drainGraceMs: z.number().int().min(0).default(30_000),
 });

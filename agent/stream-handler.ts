@@ -18,6 +18,7 @@ import type { Logger } from '../common/log.js';
 import { H_ERROR, filterHeaders, filterResponseHeaders, statusOf } from '../gateway/tunnel/index.js';
 import type { AgentMetrics, StreamProtocol } from './metrics.js';
 import type { Route, RouteTable } from './routes.js';
+import type { StreamRouting } from './router/stream-routing.js';
 import type { UpstreamPools } from './upstreams.js';
 
 const { NGHTTP2_INTERNAL_ERROR, NGHTTP2_FLAG_END_STREAM } = http2.constants;
@@ -28,6 +29,8 @@ export interface StreamContext {
   upstreamTimeoutMs: number;
   metrics: AgentMetrics;
   logger: Logger;
+  /** The built-in router (xDS); when set it replaces `routes` for HTTP and WebSocket streams. */
+  routing?: StreamRouting | null;
 }
 
 export function handleTunnelStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ctx: StreamContext): void {
@@ -50,7 +53,16 @@ export function handleTunnelStream(stream: ServerHttp2Stream, headers: IncomingH
   if (kind === 'tcp') return forwardTcp(stream, headers, ctx, setupDone);
   if (method === 'CONNECT' && protocol !== 'websocket') return fail(stream, ctx, 'BAD_REQUEST', 'unsupported :protocol');
   const path = headers[':path'] ?? '/';
-  const route = ctx.routes.match(path);
+  let route: Route | null;
+  if (ctx.routing) {
+    const decided = ctx.routing.decide(headers);
+    if (!decided.ok) return fail(stream, ctx, decided.code, decided.message);
+    route = decided.route;
+    headers = decided.headers; // `:path` as the route rewrote it
+    if (decided.timeoutMs !== undefined) ctx = { ...ctx, upstreamTimeoutMs: decided.timeoutMs };
+  } else {
+    route = ctx.routes.match(path);
+  }
   if (route === null) return fail(stream, ctx, 'NO_ROUTE', `no route for ${path}`);
   if (kind === 'websocket') return forwardWebSocket(stream, headers, route, ctx, setupDone);
   if (route.kind === 'h2c') return forwardH2c(stream, headers, route, ctx, setupDone);
