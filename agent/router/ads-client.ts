@@ -286,7 +286,7 @@ export class AdsClient extends EventEmitter<AdsClientEvents> implements Closable
         const wanted = this.#options.listenerName;
         const chosen = wanted === undefined ? listeners[0] : listeners.find((l) => l.name === wanted);
         // Only the listener the router uses is compiled (and can be NACKed); others are not applied.
-        const compiled = each<Listener, CompiledListener>('listener', (l) => l.name, (l) => (l === chosen ? compileListener(l) : { ok: true, value: null as unknown as CompiledListener }));
+        const compiled = each<Listener, CompiledListener | null>('listener', (l) => l.name, (l) => (l === chosen ? compileListener(l) : { ok: true, value: null }));
         if (problems.length > 0) return { ok: false, problems };
         const listener = compiled.find(([name]) => name === chosen?.name)?.[1] ?? null;
         return {

@@ -3,7 +3,11 @@
  * timeout behaviour through the HTTP front against real upstreams on 127.0.0.1.
  */
 import test from 'ava';
-import { compileRouteConfig } from '../../agent/router/compile.js';
+import { create } from '@bufbuild/protobuf';
+import { compileAssignment, compileCluster, compileRouteConfig } from '../../agent/router/compile.js';
+import { HealthCheckSchema } from '../../xds/gen/envoy/config/core/v3/health_check_pb.js';
+import { ClusterLoadAssignment_PolicySchema } from '../../xds/gen/envoy/config/endpoint/v3/endpoint_pb.js';
+import { edsCluster, loadAssignment } from '../../xds/builders.js';
 import { RouterProxy } from '../../agent/router/http-proxy.js';
 import { compileRe2 } from '../../agent/router/regex.js';
 import { Router } from '../../agent/router/router.js';
@@ -183,6 +187,54 @@ test('retries: connect-failure and 5xx go to another endpoint for GET, never for
     await proxy.close();
     await Promise.all([good.close(), failing.close(), slow.close()]);
   }
+});
+
+test('reset: a connection dropped before the response is retried on another endpoint (retry_on reset)', async (t) => {
+  const good = await namedUpstream('good');
+  const dropping = await namedUpstream('dropping', (req) => {
+    req.socket.destroy();
+    return true;
+  });
+  const routes = routesConfig('rc', [
+    {
+      name: 'app',
+      domains: ['*'],
+      routes: [
+        { match: { pathSpecifier: { case: 'prefix', value: '/r' } }, action: to('svc', { retryPolicy: { retryOn: 'reset', numRetries: 2 } }) },
+        { match: { pathSpecifier: { case: 'prefix', value: '/' } }, action: to('svc', { retryPolicy: { retryOn: 'connect-failure' } }) },
+      ],
+    },
+  ]);
+  const router = new Router();
+  router.update(configOf(routes, { svc: [dropping.port, good.port] }));
+  const proxy = new RouterProxy({ router });
+  const { port } = await proxy.listen();
+  try {
+    const replies = [await request(port, '/r'), await request(port, '/r')];
+    t.deepEqual(replies.map((r) => r.body), ['good', 'good']);
+    // A retry takes a round-robin turn too, so both requests started at the dropping endpoint.
+    t.is(dropping.hits, 2, 'each request met the dropping endpoint and was retried on the good one');
+    t.is(good.hits, 2);
+    const other = [await request(port, '/x'), await request(port, '/x')];
+    t.deepEqual(other.map((r) => r.status).sort(), [200, 503], 'reset is not retried under connect-failure only');
+  } finally {
+    await proxy.close();
+    await Promise.all([good.close(), dropping.close()]);
+  }
+});
+
+test('clusters and assignments the router cannot use are refused with the field path', (t) => {
+  const least = edsCluster({ name: 'c', lbPolicy: 'LEAST_REQUEST' });
+  const compiled = compileCluster(least);
+  t.deepEqual(compiled.ok ? [] : compiled.problems.map((p) => `${p.field}: ${p.message}`), ['lb_policy: LEAST_REQUEST unsupported']);
+  const withChecks = edsCluster({ name: 'd' });
+  withChecks.healthChecks = [create(HealthCheckSchema, {})];
+  const checked = compileCluster(withChecks);
+  t.deepEqual(checked.ok ? [] : checked.problems.map((p) => `${p.field}: ${p.message}`), ['health_checks: unsupported']);
+  const cla = loadAssignment('e', [{ address: '127.0.0.1', port: 1 }]);
+  cla.policy = create(ClusterLoadAssignment_PolicySchema, { dropOverloads: [{ category: 'x' }] });
+  const assignment = compileAssignment(cla);
+  t.deepEqual(assignment.ok ? [] : assignment.problems.map((p) => `${p.field}: ${p.message}`), ['policy.drop_overloads: unsupported']);
 });
 
 test('what the router cannot apply is refused with the field path', (t) => {
