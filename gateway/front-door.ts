@@ -98,6 +98,8 @@ export class FrontDoor {
       ALPNProtocols: ['h2', 'http/1.1', TUNNEL_ALPN],
       handshakeTimeout: 10_000,
     });
+    // Track raw connections, so that close() also ends those still in the TLS handshake.
+    this.tlsServer.on('connection', (socket: Socket) => this.track(socket));
     this.tlsServer.on('secureConnection', (socket: TLSSocket) => {
       this.track(socket);
       socket.on('error', () => undefined);
