@@ -67,6 +67,7 @@ export class Agent implements Closable {
       routes: new RouteTable(this.config.routes, this.config.tcpTargets),
       pools: this.pools,
       upstreamTimeoutMs: this.config.upstreamTimeoutMs,
+      ...(this.config.upstreamCa === undefined ? {} : { upstreamCa: this.config.upstreamCa }),
       metrics: this.metrics,
       logger: this.logger,
     };

@@ -23,6 +23,8 @@ export const agentOptionsSchema = z.object({
   /** `host:port` targets a CONNECT stream may reach. */
   tcpTargets: z.array(z.string()).default([]),
   upstreamTimeoutMs: z.number().int().min(1).default(30_000),
+  /** PEM trust bundle for `https://` upstreams (default: Node's bundled CAs). */
+  upstreamCa: z.string().optional(),
   pingIntervalMs: z.number().int().min(10).default(5_000),
   pingTimeoutMs: z.number().int().min(10).default(5_000),
   handshakeTimeoutMs: z.number().int().min(10).default(10_000),

@@ -11,6 +11,7 @@ import * as https from 'node:https';
 import * as http2 from 'node:http2';
 import { type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import http2wrapper from 'http2-wrapper';
 import { TetherError, getErrorCode } from '../common/errors.js';
@@ -27,6 +28,8 @@ export interface StreamContext {
   routes: RouteTable;
   pools: UpstreamPools;
   upstreamTimeoutMs: number;
+  /** Trust bundle for `https://` upstreams. */
+  upstreamCa?: string;
   metrics: AgentMetrics;
   logger: Logger;
   /** The built-in router (xDS); when set it replaces `routes` for HTTP and WebSocket streams. */
@@ -111,7 +114,11 @@ function countToGateway(source: NodeJS.ReadableStream, ctx: StreamContext): void
 function forwardHttp1(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: Route, ctx: StreamContext, setupDone: () => void): void {
   const outHeaders = filterHeaders(headers);
   delete outHeaders.te;
-  outHeaders.host = headers[':authority'] ?? route.upstream.host;
+  // https upstreams are reached by their own name (TLS identity and http2-wrapper's origin check);
+  // the client's host goes along as x-forwarded-host.
+  const clientHost = headers[':authority'];
+  outHeaders.host = route.kind === 'https' ? route.upstream.host : (clientHost ?? route.upstream.host);
+  if (route.kind === 'https' && clientHost !== undefined) outHeaders['x-forwarded-host'] = clientHost;
   const options = {
     method: headers[':method'] ?? 'GET',
     path: upstreamPath(route, headers[':path'] ?? '/'),
@@ -119,13 +126,27 @@ function forwardHttp1(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, r
   };
   const request =
     route.kind === 'https'
-      ? (http2wrapper.auto(new URL(options.path, route.upstream), { ...options, rejectUnauthorized: true }) as unknown as Promise<http.ClientRequest>)
+      ? (http2wrapper.auto(new URL(options.path, route.upstream), { ...options, ...upstreamTls(route, ctx) }) as unknown as Promise<http.ClientRequest>)
       : Promise.resolve(http.request({ ...options, host: route.upstream.hostname, port: route.upstream.port === '' ? 80 : Number(route.upstream.port), agent: ctx.pools.http1 }));
   const trailers = wantsTrailers(headers);
   request.then(
     (req) => relayHttp1(stream, req, trailers, ctx, setupDone),
     (reason: unknown) => fail(stream, ctx, upstreamCode(reason), 'upstream connect failed'),
   );
+}
+
+/**
+ * TLS options for an `https://` upstream: verify against `upstreamCa` and the upstream URL's host
+ * (the client's host travels in x-forwarded-host).
+ */
+function upstreamTls(route: Route, ctx: StreamContext): Pick<tls.ConnectionOptions, 'rejectUnauthorized' | 'ca' | 'servername' | 'checkServerIdentity'> {
+  const host = route.upstream.hostname.replace(/^\[|\]$/g, '');
+  return {
+    rejectUnauthorized: true,
+    ...(ctx.upstreamCa === undefined ? {} : { ca: ctx.upstreamCa }),
+    ...(net.isIP(host) === 0 ? { servername: host } : {}),
+    checkServerIdentity: (_name, cert) => tls.checkServerIdentity(host, cert),
+  };
 }
 
 function relayHttp1(stream: ServerHttp2Stream, req: http.ClientRequest, trailers: boolean, ctx: StreamContext, setupDone: () => void): void {
@@ -254,6 +275,7 @@ function forwardWebSocket(stream: ServerHttp2Stream, headers: IncomingHttpHeader
     method: 'GET',
     path: upstreamPath(route, headers[':path'] ?? '/'),
     headers: outHeaders,
+    ...(secure ? upstreamTls(route, ctx) : {}),
   });
   let settled = false;
   const timer = setTimeout(() => req.destroy(new TetherError('UPSTREAM_TIMEOUT', 'upstream did not answer in time')), ctx.upstreamTimeoutMs);
