@@ -279,7 +279,7 @@ class Slot {
         this.agent.slotEvent('closed', this);
       } catch (reason) {
         const error = TetherError.from(reason);
-        const refused = !error.code.startsWith('TUNNEL_');
+        const refused = error.details?.refusedByGateway === true;
         this.agent.slotEvent(refused ? 'refused' : 'failed', this, error);
         await connection.closed;
       }

@@ -8,6 +8,7 @@ import * as http2 from 'node:http2';
 import { type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import * as tls from 'node:tls';
 import { type TLSSocket } from 'node:tls';
+import { tlsVerifyError } from '../certs/index.js';
 import { TetherError, getErrorMessage } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import {
@@ -118,7 +119,8 @@ export class TunnelConnection {
       socket.setNoDelay(true);
       socket.setKeepAlive(true, 10_000);
       socket.on('error', (reason: unknown) => {
-        settle(new TetherError(TUNNEL_HANDSHAKE_FAILED, `${address}: ${getErrorMessage(reason)}`, { cause: reason }));
+        // A gateway certificate we refuse (expired, untrusted, wrong name) keeps its certs/ code.
+        settle(tlsVerifyError(reason) ?? new TetherError(TUNNEL_HANDSHAKE_FAILED, `${address}: ${getErrorMessage(reason)}`, { cause: reason }));
       });
       socket.once('close', () => {
         settle(new TetherError(TUNNEL_HANDSHAKE_FAILED, `${address}: connection closed during handshake`));
@@ -182,7 +184,7 @@ export class TunnelConnection {
           case 'refused': {
             const retryAfterMs = Number(message.retryAfterMs);
             if (retryAfterMs > 0) this.options.onRetryAfter(retryAfterMs);
-            settle(new TetherError(String(message.code), `gateway refused the tunnel: ${String(message.message)}`, { details: { retryAfterMs } }));
+            settle(new TetherError(String(message.code), `gateway refused the tunnel: ${String(message.message)}`, { details: { retryAfterMs, refusedByGateway: true } }));
             return;
           }
           default:

@@ -73,6 +73,16 @@ test.serial('refused agent certificates: unregistered cluster, expired, untruste
   t.is(c2.status, 503);
 });
 
+test.serial('the agent refuses a gateway whose certificate it does not trust, with the certificate code', async (t) => {
+  const bad = await env.pki.untrustedGatewayCert();
+  const gateway = await env.startGateway({ tls: { key: bad.key, cert: bad.cert, ca: env.pki.trustBundlePem } });
+  const agent = await env.startAgent({ clusterId: 'c2', agentId: 'picky', gateways: [gateway.address] });
+  const [event] = (await once(agent.events, 'failed')) as [AgentEvent];
+  await agent.close();
+  t.is(event.code, 'CERT_UNTRUSTED');
+  t.is(gateway.tunnels.count(), 0);
+});
+
 test.serial('revoking a live agent certificate disconnects its tunnels, and it cannot come back', async (t) => {
   const cert = await env.pki.agentCert({ clusterId: 'c2', agentId: 'soon-revoked' });
   const gateway = await env.startGateway();
