@@ -33,6 +33,7 @@ export interface AgentPeer {
 export type AgentCheck = (socket: TLSSocket) => { ok: true; peer: AgentPeer } | { ok: false; error: TetherError };
 
 interface Accepted {
+  socket: TLSSocket;
   tunnel: AgentTunnel | null;
   session: ClientHttp2Session;
   control: ClientHttp2Stream;
@@ -74,7 +75,7 @@ export class TunnelAcceptor {
     const control = session.request({ ':method': 'POST', ':path': CONTROL_PATH, [H_CONTROL]: '1' }, { endStream: false });
     control.on('error', () => undefined);
     control.once('end', () => control.end());
-    const entry: Accepted = { tunnel: null, session, control, keeper: null };
+    const entry: Accepted = { socket, tunnel: null, session, control, keeper: null };
     this.accepted.add(entry);
     session.once('close', () => {
       this.accepted.delete(entry);
@@ -155,18 +156,26 @@ export class TunnelAcceptor {
 
   /** GOAWAY every tunnel; in-flight streams finish; resolves when all closed or `graceMs` passed (then destroys). */
   async closeAll(graceMs: number): Promise<void> {
-    const sessions = [...this.accepted].map((e) => e.session);
+    const entries = [...this.accepted];
     await Promise.all(
-      sessions.map(
-        (session) =>
+      entries.map(
+        ({ session, socket, control }) =>
           new Promise<void>((resolve) => {
             if (session.destroyed) return resolve();
-            const timer = setTimeout(() => session.destroy(), graceMs);
+            // After the grace period: destroy the session and its socket, and stop waiting for
+            // 'close' after a further second (a session whose peer vanished may never emit it).
+            let last: NodeJS.Timeout | null = null;
+            const timer = setTimeout(() => {
+              session.destroy();
+              socket.destroy();
+              last = setTimeout(resolve, 1_000);
+            }, graceMs);
             session.once('close', () => {
               clearTimeout(timer);
+              if (last !== null) clearTimeout(last);
               resolve();
             });
-            for (const entry of this.accepted) if (entry.session === session) entry.control.end();
+            control.end();
             session.close();
           }),
       ),
