@@ -6,3 +6,4 @@ export type { AgentCheck, AgentPeer } from './tunnel-acceptor.js';
 export type { ServerTls } from './front-door.js';
 export { GatewayMetrics } from './metrics.js';
 export * as tunnel from './tunnel/index.js';
+export { accessAuthorizer, type AccessCheck, type AccessAuthorizerOptions } from './access-authorizer.js';
