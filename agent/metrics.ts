@@ -10,6 +10,7 @@ export class AgentMetrics {
   readonly streamsActive: Gauge<'protocol'>;
   readonly streamsTotal: Counter<'protocol'>;
   readonly upstreamErrors: Counter<'code'>;
+  readonly upstreamRetries: Counter<'reason'>;
   readonly upstreamSetup: Histogram<'protocol'>;
   readonly pingRtt: Histogram;
   readonly bytes: Counter<'direction'>;
@@ -22,6 +23,7 @@ export class AgentMetrics {
     this.streamsActive = new Gauge({ name: 'tether_agent_streams_active', help: 'Streams being forwarded now, by protocol.', labelNames: ['protocol'], registers });
     this.streamsTotal = new Counter({ name: 'tether_agent_streams_total', help: 'Streams forwarded, by protocol.', labelNames: ['protocol'], registers });
     this.upstreamErrors = new Counter({ name: 'tether_agent_upstream_errors_total', help: 'Streams that failed towards the upstream, by error code.', labelNames: ['code'], registers });
+    this.upstreamRetries = new Counter({ name: 'tether_agent_upstream_retries_total', help: 'Upstream tries retried by the built-in router on the tunnel path, by retry_on reason.', labelNames: ['reason'], registers });
     this.upstreamSetup = new Histogram({ name: 'tether_agent_upstream_setup_seconds', help: 'Time from stream arrival to the upstream response headers (or connect).', labelNames: ['protocol'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers });
     this.pingRtt = new Histogram({ name: 'tether_agent_ping_rtt_seconds', help: 'HTTP/2 PING round-trip time to the gateway.', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], registers });
     this.bytes = new Counter({ name: 'tether_agent_bytes_total', help: 'Body bytes forwarded, by direction (to_upstream, to_gateway).', labelNames: ['direction'], registers });

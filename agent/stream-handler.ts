@@ -20,6 +20,7 @@ import { H_ERROR, filterHeaders, filterResponseHeaders, statusOf } from '../gate
 import type { AgentMetrics, StreamProtocol } from './metrics.js';
 import type { Route, RouteTable } from './routes.js';
 import type { StreamRouting } from './router/stream-routing.js';
+import { forwardWithRetries, retriesApply } from './router/tunnel-retry.js';
 import type { UpstreamPools } from './upstreams.js';
 
 const { NGHTTP2_INTERNAL_ERROR, NGHTTP2_FLAG_END_STREAM } = http2.constants;
@@ -63,6 +64,7 @@ export function handleTunnelStream(stream: ServerHttp2Stream, headers: IncomingH
     route = decided.route;
     headers = decided.headers; // `:path` as the route rewrote it
     if (decided.timeoutMs !== undefined) ctx = { ...ctx, upstreamTimeoutMs: decided.timeoutMs };
+    if (kind === 'http' && retriesApply(stream, decided)) return forwardWithRetries(stream, decided, ctx, setupDone);
   } else {
     route = ctx.routes.match(path);
   }

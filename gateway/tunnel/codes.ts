@@ -33,6 +33,10 @@ export const TunnelCodes = {
   NO_ROUTE: 404,
   /** A CONNECT target the agent's route table does not allow. */
   TCP_TARGET_FORBIDDEN: 403,
+  /** The agent's router has no endpoint for the route's cluster (unknown cluster or none healthy). */
+  NO_UPSTREAM: 503,
+  /** The agent's built-in router has no configuration yet. */
+  ROUTER_NOT_READY: 503,
 } as const;
 
 export type TunnelCode = keyof typeof TunnelCodes;
