@@ -8,7 +8,6 @@ import * as http from 'node:http';
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
-import { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../common/log.js';
@@ -97,6 +96,7 @@ export class FrontDoor {
       rejectUnauthorized: false,
       ALPNProtocols: ['h2', 'http/1.1', TUNNEL_ALPN],
       handshakeTimeout: 10_000,
+      noDelay: true,
     });
     // Track raw connections, so that close() also ends those still in the TLS handshake.
     this.tlsServer.on('connection', (socket: Socket) => this.track(socket));
@@ -164,18 +164,21 @@ export class FrontDoor {
     this.listening.add(this.tlsServer);
     let plain: AddressInfo | null = null;
     if (this.config.plainListen !== undefined) {
-      const server = net.createServer((socket) => {
+      // noDelay: the HTTP servers get these sockets by 'connection' events, so their own
+      // TCP_NODELAY default never applies; without it small responses wait on delayed ACKs.
+      const server = net.createServer({ noDelay: true }, (socket) => {
         this.track(socket);
         socket.on('error', () => undefined);
         socket.once('data', (chunk: Buffer) => {
-          if (chunk.subarray(0, 4).toString('latin1') === 'PRI ') {
-            // Node's HTTP/2 session reads the socket's handle directly and would miss bytes already
-            // read; hand it a stream that replays them first.
-            this.h2.emit('connection', replaying(socket, chunk));
-            return;
-          }
           socket.pause();
           socket.unshift(chunk);
+          if (chunk.subarray(0, 4).toString('latin1') === 'PRI ') {
+            // The HTTP/2 session consumes the socket's handle and first feeds itself what is
+            // already buffered (the unshifted preface), so the raw socket goes in: no wrapper
+            // stream, and TCP_NODELAY (set at accept) applies to its writes.
+            this.h2.emit('connection', socket);
+            return;
+          }
           this.h1.emit('connection', socket);
           socket.resume();
         });
@@ -211,34 +214,6 @@ export class FrontDoor {
   get socketCount(): number {
     return this.sockets.size;
   }
-}
-
-/** A duplex over `socket` whose readable side starts with `head`. */
-function replaying(socket: Socket, head: Buffer): Duplex {
-  const duplex = new Duplex({
-    read() {
-      socket.resume();
-    },
-    write(chunk: Buffer, _encoding, callback) {
-      socket.write(chunk, callback);
-    },
-    final(callback) {
-      socket.end();
-      callback();
-    },
-    destroy(error, callback) {
-      socket.destroy();
-      callback(error);
-    },
-  });
-  Object.defineProperty(duplex, 'remoteAddress', { value: socket.remoteAddress });
-  duplex.push(head);
-  socket.on('data', (chunk: Buffer) => {
-    if (!duplex.push(chunk)) socket.pause();
-  });
-  socket.once('end', () => duplex.push(null));
-  socket.once('close', () => duplex.destroy());
-  return duplex;
 }
 
 function listenOn(server: net.Server, host: string, port: number): Promise<AddressInfo> {
