@@ -48,7 +48,13 @@ export function handleTunnelStream(stream: ServerHttp2Stream, headers: IncomingH
   stream.on('error', () => {
     // Reset by the gateway (client went away) or a protocol error on this stream only.
   });
-  stream.on('data', (chunk: Buffer) => ctx.metrics.bytes.inc({ direction: 'to_upstream' }, chunk.length));
+  if (stream.endAfterHeaders) {
+    // Nothing to read but the end; consume it so the stream can close.
+    stream.resume();
+  } else {
+    const toUpstream = bytesCounters(ctx.metrics).toUpstream;
+    stream.on('data', (chunk: Buffer) => toUpstream.inc(chunk.length));
+  }
   const started = process.hrtime.bigint();
   const setupDone = (): void => {
     ctx.metrics.upstreamSetup.observe({ protocol: kind }, Number(process.hrtime.bigint() - started) / 1e9);
@@ -109,8 +115,21 @@ function upstreamPath(route: Route, path: string): string {
   return `${base}${path}`;
 }
 
+/** Labelled children of the byte counter, resolved once per metrics instance (no label hashing per chunk). */
+const byteCounters = new WeakMap<AgentMetrics, { toGateway: { inc(value: number): void }; toUpstream: { inc(value: number): void } }>();
+
+function bytesCounters(metrics: AgentMetrics): { toGateway: { inc(value: number): void }; toUpstream: { inc(value: number): void } } {
+  let counters = byteCounters.get(metrics);
+  if (counters === undefined) {
+    counters = { toGateway: metrics.bytes.labels({ direction: 'to_gateway' }), toUpstream: metrics.bytes.labels({ direction: 'to_upstream' }) };
+    byteCounters.set(metrics, counters);
+  }
+  return counters;
+}
+
 function countToGateway(source: NodeJS.ReadableStream, ctx: StreamContext): void {
-  source.on('data', (chunk: Buffer) => ctx.metrics.bytes.inc({ direction: 'to_gateway' }, chunk.length));
+  const counter = bytesCounters(ctx.metrics).toGateway;
+  source.on('data', (chunk: Buffer) => counter.inc(chunk.length));
 }
 
 function forwardHttp1(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: Route, ctx: StreamContext, setupDone: () => void): void {
@@ -126,11 +145,14 @@ function forwardHttp1(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, r
     path: upstreamPath(route, headers[':path'] ?? '/'),
     headers: outHeaders,
   };
-  const request =
-    route.kind === 'https'
-      ? (http2wrapper.auto(new URL(options.path, route.upstream), { ...options, ...upstreamTls(route, ctx) }) as unknown as Promise<http.ClientRequest>)
-      : Promise.resolve(http.request({ ...options, host: route.upstream.hostname, port: route.upstream.port === '' ? 80 : Number(route.upstream.port), agent: ctx.pools.http1 }));
   const trailers = wantsTrailers(headers);
+  if (route.kind !== 'https') {
+    // Plain HTTP/1.1: no promise in between (one microtask hop less per request).
+    const req = http.request({ ...options, host: route.upstream.hostname, port: route.upstream.port === '' ? 80 : Number(route.upstream.port), agent: ctx.pools.http1 });
+    relayHttp1(stream, req, trailers, ctx, setupDone);
+    return;
+  }
+  const request = http2wrapper.auto(new URL(options.path, route.upstream), { ...options, ...upstreamTls(route, ctx) }) as unknown as Promise<http.ClientRequest>;
   request.then(
     (req) => relayHttp1(stream, req, trailers, ctx, setupDone),
     (reason: unknown) => fail(stream, ctx, upstreamCode(reason), 'upstream connect failed'),
@@ -183,7 +205,9 @@ function relayHttp1(stream: ServerHttp2Stream, req: http.ClientRequest, trailers
     clearTimeout(timer);
     if (response === null || !response.complete) req.destroy();
   });
-  stream.pipe(req);
+  // A bodyless request (END_STREAM on the HEADERS frame) needs no pipe, only the end.
+  if (stream.endAfterHeaders) req.end();
+  else stream.pipe(req);
 }
 
 function forwardH2c(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: Route, ctx: StreamContext, setupDone: () => void): void {
