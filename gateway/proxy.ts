@@ -64,6 +64,11 @@ export class RequestRejected extends Error {
 }
 
 export class ClientProxy {
+  /** The `tether-identity` value per verified identity, computed once (identities are reused per token). */
+  private readonly identityHeaders = new WeakMap<ClientIdentity, string>();
+  private readonly bytesToClient: { inc(value: number): void };
+  private readonly bytesToAgent: { inc(value: number): void };
+
   constructor(
     private readonly config: GatewayConfig,
     private readonly registry: TunnelRegistry,
@@ -71,7 +76,10 @@ export class ClientProxy {
     private readonly authorize: Authorizer,
     private readonly metrics: GatewayMetrics,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.bytesToClient = metrics.bytes.labels({ direction: 'to_client' });
+    this.bytesToAgent = metrics.bytes.labels({ direction: 'to_agent' });
+  }
 
   /** The cluster a request is for: `tether-cluster` (when allowed), else `<cluster>.<baseDomain>`. */
   clusterFor(authority: string | undefined, headers: IncomingHttpHeaders): string | null {
@@ -118,7 +126,12 @@ export class ClientProxy {
     headers[H_CLUSTER] = admitted.clusterId;
     headers[H_SUBJECT] = admitted.identity.subject;
     headers[H_ISSUER] = admitted.identity.issuer;
-    headers[H_IDENTITY] = Buffer.from(JSON.stringify({ sub: admitted.identity.subject, iss: admitted.identity.issuer })).toString('base64url');
+    let identity = this.identityHeaders.get(admitted.identity);
+    if (identity === undefined) {
+      identity = Buffer.from(JSON.stringify({ sub: admitted.identity.subject, iss: admitted.identity.issuer })).toString('base64url');
+      this.identityHeaders.set(admitted.identity, identity);
+    }
+    headers[H_IDENTITY] = identity;
     headers[H_CLIENT_ADDRESS] = remote ?? '';
     headers[H_CLIENT_PROTOCOL] = protocol;
     headers[H_REQUEST_ID] = randomUUID();
@@ -174,7 +187,8 @@ export class ClientProxy {
       const code = responseHeaders[H_ERROR];
       if (typeof code === 'string') this.metrics.errors.inc({ code });
       if (gone) return;
-      stream.on('data', (chunk: Buffer) => this.metrics.bytes.inc({ direction: 'to_client' }, chunk.length));
+      const toClient = this.bytesToClient;
+      stream.on('data', (chunk: Buffer) => toClient.inc(chunk.length));
       client.onResponse(stream, responseHeaders, flags);
     });
     stream.once('close', () => {
@@ -206,7 +220,7 @@ export class ClientProxy {
       let received = 0;
       body.on('data', (chunk: Buffer) => {
         received += chunk.length;
-        this.metrics.bytes.inc({ direction: 'to_agent' }, chunk.length);
+        this.bytesToAgent.inc(chunk.length);
         if (max !== undefined && received > max && !stream.closed) {
           body.unpipe(stream);
           stream.close(NGHTTP2_CANCEL);
@@ -249,7 +263,7 @@ export class ClientProxy {
         stream.on('trailers', (trailers: IncomingHttpHeaders) => {
           if (res.getHeader('content-length') === undefined) res.addTrailers(filterResponseHeaders(trailers) as Record<string, string>);
         });
-        stream.pipe(res);
+        pipeCorked(stream, res);
       },
       abort: () => res.destroy(),
       onGone: (callback) =>
@@ -408,6 +422,50 @@ export class ClientProxy {
       (reason: unknown) => this.rejected(client, reason),
     );
   }
+}
+
+/**
+ * `source.pipe(res)`, but the writes of one tick go out in one syscall: the tunnel delivers a
+ * download as many ≤16 KiB DATA frames per socket read, and writing each alone costs a syscall
+ * apiece. The client socket is corked at the first chunk of a tick and uncorked on the next tick
+ * (cork and uncork on the same socket object, which may move on to the next keep-alive response).
+ * Backpressure as with pipe: pause on a full buffer, resume on drain.
+ */
+function pipeCorked(source: Readable, res: ServerResponse): void {
+  const socket = res.socket;
+  if (socket === null) {
+    source.pipe(res);
+    return;
+  }
+  let corked = false;
+  const uncork = (): void => {
+    corked = false;
+    socket.uncork();
+  };
+  const resume = (): void => {
+    source.resume();
+  };
+  const onData = (chunk: Buffer): void => {
+    if (!corked) {
+      corked = true;
+      socket.cork();
+      process.nextTick(uncork);
+    }
+    if (!res.write(chunk)) {
+      source.pause();
+      res.once('drain', resume);
+    }
+  };
+  const onEnd = (): void => {
+    res.end();
+  };
+  source.on('data', onData);
+  source.once('end', onEnd);
+  res.once('close', () => {
+    source.off('data', onData);
+    source.off('end', onEnd);
+    res.off('drain', resume);
+  });
 }
 
 function isGrpc(headers: IncomingHttpHeaders): boolean {
