@@ -168,6 +168,9 @@ export class ClientProxy {
       else client.respondError('NO_TUNNEL', `no usable tunnel for cluster ${clusterId}`, { 'retry-after': String(this.config.noTunnelRetryAfterSec) });
       return;
     }
+    // What a retry needs, released once a response arrives (a WebSocket or CONNECT stream can live
+    // for hours; the request headers need not).
+    let retry: { headers: OutgoingHttpHeaders; exclude: Set<AgentTunnel> } | null = { headers, exclude };
     const started = process.hrtime.bigint();
     tunnel.activeStreams++;
     this.metrics.requestsActive.inc({ cluster: clusterId });
@@ -183,6 +186,7 @@ export class ClientProxy {
     stream.on('response', (responseHeaders: IncomingHttpHeaders, flags: number) => {
       clearTimeout(timer);
       responded = true;
+      retry = null;
       this.metrics.streamSetup.observe({ protocol: client.kind }, Number(process.hrtime.bigint() - started) / 1e9);
       const code = responseHeaders[H_ERROR];
       if (typeof code === 'string') this.metrics.errors.inc({ code });
@@ -199,10 +203,10 @@ export class ClientProxy {
       if (gone) return;
       if (!responded) {
         const untouched = client.body === null || !client.body.readableDidRead;
-        if (stream.rstCode === NGHTTP2_REFUSED_STREAM && untouched && attempt + 1 < MAX_ATTEMPTS) {
+        if (stream.rstCode === NGHTTP2_REFUSED_STREAM && untouched && attempt + 1 < MAX_ATTEMPTS && retry !== null) {
           this.metrics.streamRetries.inc();
-          exclude.add(tunnel);
-          this.forward(clusterId, headers, client, attempt + 1, exclude);
+          retry.exclude.add(tunnel);
+          this.forward(clusterId, retry.headers, client, attempt + 1, retry.exclude);
           return;
         }
         client.respondError('TUNNEL_STREAM_RESET', 'the tunnel stream ended before a response');
@@ -290,33 +294,13 @@ export class ClientProxy {
       raw.error('BAD_REQUEST', 'only WebSocket upgrades are supported');
       return;
     }
-    const client: ClientSide = {
-      kind: 'websocket',
-      body: socket,
-      respondError: (code, message, extra) => raw.error(code, message, extra),
-      onResponse: (stream, responseHeaders) => {
-        const status = Number(responseHeaders[':status'] ?? 502);
-        if (status !== 200) {
-          raw.head(status, filterResponseHeaders(responseHeaders));
-          stream.pipe(socket);
-          return;
-        }
-        const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64');
-        const lines = ['HTTP/1.1 101 Switching Protocols', 'Upgrade: websocket', 'Connection: Upgrade', `Sec-WebSocket-Accept: ${accept}`];
-        for (const name of ['sec-websocket-protocol', 'sec-websocket-extensions']) {
-          const value = responseHeaders[name];
-          if (typeof value === 'string') lines.push(`${name}: ${value}`);
-        }
-        socket.write(`${lines.join('\r\n')}\r\n\r\n`);
-        stream.pipe(socket);
-      },
-      abort: () => socket.destroy(),
-      onGone: (callback) => socket.once('close', callback),
-    };
+    const client = webSocketClient(socket, key, raw);
+    const path = req.url ?? '/';
+    const remote = req.socket.remoteAddress;
     this.admit(headers, headers.host).then(
       (admitted) => {
-        const pseudo = { ':method': 'CONNECT', ':protocol': 'websocket', ':path': req.url ?? '/', ':authority': headers.host ?? admitted.clusterId, ':scheme': 'https' };
-        const out = this.tunnelHeaders(headers, admitted, req.socket.remoteAddress, 'http1', pseudo);
+        const pseudo = { ':method': 'CONNECT', ':protocol': 'websocket', ':path': path, ':authority': headers.host ?? admitted.clusterId, ':scheme': 'https' };
+        const out = this.tunnelHeaders(headers, admitted, remote, 'http1', pseudo);
         delete out['sec-websocket-key'];
         if (head.length > 0) socket.unshift(head);
         this.forward(admitted.clusterId, out, client);
@@ -466,6 +450,37 @@ function pipeCorked(source: Readable, res: ServerResponse): void {
     source.off('end', onEnd);
     res.off('drain', resume);
   });
+}
+
+/**
+ * The client side of an HTTP/1.1 WebSocket upgrade. Built apart from the request handler so that
+ * its closures (alive as long as the WebSocket) hold the socket, not the request and its headers.
+ */
+function webSocketClient(socket: Duplex, key: string, raw: ReturnType<typeof rawResponder>): ClientSide {
+  const client: ClientSide = {
+    kind: 'websocket',
+    body: socket,
+    respondError: (code, message, extra) => raw.error(code, message, extra),
+    onResponse: (stream, responseHeaders) => {
+      const status = Number(responseHeaders[':status'] ?? 502);
+      if (status !== 200) {
+        raw.head(status, filterResponseHeaders(responseHeaders));
+        stream.pipe(socket);
+        return;
+      }
+      const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64');
+      const lines = ['HTTP/1.1 101 Switching Protocols', 'Upgrade: websocket', 'Connection: Upgrade', `Sec-WebSocket-Accept: ${accept}`];
+      for (const name of ['sec-websocket-protocol', 'sec-websocket-extensions']) {
+        const value = responseHeaders[name];
+        if (typeof value === 'string') lines.push(`${name}: ${value}`);
+      }
+      socket.write(`${lines.join('\r\n')}\r\n\r\n`);
+      stream.pipe(socket);
+    },
+    abort: () => socket.destroy(),
+    onGone: (callback) => socket.once('close', callback),
+  };
+  return client;
 }
 
 function isGrpc(headers: IncomingHttpHeaders): boolean {
