@@ -140,11 +140,15 @@ export class TunnelAcceptor {
     entry.keeper.start();
   }
 
-  /** Tell every agent to move (control `drain`), stop accepting new tunnels. */
+  /**
+   * Tell every agent to move (control `drain`), stop accepting new tunnels. The tunnels stay
+   * usable for this gateway's own in-flight and already-accepted requests until `closeAll()`:
+   * marking them draining here answered those requests 503 NO_TUNNEL during a graceful drain.
+   * (`tunnel.draining` is the agent's own drain notice.)
+   */
   announceDrain(retryAfterMs: number): void {
     this.draining = true;
     for (const entry of this.accepted) {
-      if (entry.tunnel !== null) entry.tunnel.draining = true;
       writeMessage(entry.control, { type: 'drain', retryAfterMs, reason: 'gateway shutting down' });
     }
   }
