@@ -133,8 +133,7 @@ function countToGateway(source: NodeJS.ReadableStream, ctx: StreamContext): void
 }
 
 function forwardHttp1(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: Route, ctx: StreamContext, setupDone: () => void): void {
-  const outHeaders = filterHeaders(headers);
-  delete outHeaders.te;
+  const outHeaders = filterHeaders(headers, { dropTe: true });
   // https upstreams are reached by their own name (TLS identity and http2-wrapper's origin check);
   // the client's host goes along as x-forwarded-host.
   const clientHost = headers[':authority'];

@@ -40,6 +40,8 @@ const HOP_BY_HOP = new Set([
 export interface HeaderFilterOptions {
   /** Drop every `tether-*` header (what the gateway does to client headers). */
   stripTether?: boolean;
+  /** Drop `te` as well (responses, and requests to HTTP/1.1 upstreams); by default `te: trailers` is kept. */
+  dropTe?: boolean;
 }
 
 /**
@@ -48,30 +50,35 @@ export interface HeaderFilterOptions {
  * kept.
  */
 export function filterHeaders(headers: IncomingHttpHeaders, options: HeaderFilterOptions = {}): OutgoingHttpHeaders {
-  const named = new Set<string>();
+  // Runs for every request and response on both ends: no Set unless `Connection` names headers,
+  // no entry arrays, and never `delete` on the result (that turns it into a slow dictionary).
+  let named: Set<string> | null = null;
   const connection = headers.connection;
   if (connection !== undefined) {
+    named = new Set<string>();
     for (const value of Array.isArray(connection) ? connection : [connection]) {
       for (const token of value.split(',')) named.add(token.trim().toLowerCase());
     }
   }
+  const stripTether = options.stripTether === true;
   const out: OutgoingHttpHeaders = {};
-  for (const [name, value] of Object.entries(headers)) {
-    if (value === undefined || name.startsWith(':')) continue;
-    if (HOP_BY_HOP.has(name) || named.has(name)) continue;
-    if (options.stripTether === true && name.startsWith(HEADER_PREFIX)) continue;
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined || name.charCodeAt(0) === 58 /* ':' */) continue;
+    if (HOP_BY_HOP.has(name) || (named !== null && named.has(name))) continue;
+    if (stripTether && name.startsWith(HEADER_PREFIX)) continue;
     out[name] = value;
   }
-  const te = headers.te;
-  if (typeof te === 'string' && /(^|,)\s*trailers\s*(;|,|$)/i.test(te)) out.te = 'trailers';
+  if (options.dropTe !== true) {
+    const te = headers.te;
+    if (typeof te === 'string' && /(^|,)\s*trailers\s*(;|,|$)/i.test(te)) out.te = 'trailers';
+  }
   return out;
 }
 
 /** Headers of a response that must not be copied into an HTTP/2 response. */
 export function filterResponseHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
-  const out = filterHeaders(headers);
-  delete out.te;
-  return out;
+  return filterHeaders(headers, { dropTe: true });
 }
 
 /** Byte size of a header block as HTTP/2 counts it (name + value + 32 per field). */
