@@ -226,12 +226,13 @@ function forwardH2c(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, rou
   };
   let upstream: http2.ClientHttp2Stream;
   try {
-    upstream = session.request(outHeaders, { endStream: false });
+    // A bodyless request goes out as one HEADERS frame with END_STREAM (no pipe, no empty DATA).
+    upstream = session.request(outHeaders, { endStream: stream.endAfterHeaders });
   } catch (reason) {
     fail(stream, ctx, upstreamCode(reason), 'upstream request failed');
     return;
   }
-  session.ref();
+  holdSession(session);
   let responded = false;
   let upstreamTrailers: IncomingHttpHeaders | null = null;
   const timer = setTimeout(() => upstream.destroy(new TetherError('UPSTREAM_TIMEOUT', 'upstream did not answer in time')), ctx.upstreamTimeoutMs);
@@ -270,19 +271,32 @@ function forwardH2c(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, rou
   upstream.on('close', () => {
     if (upstream.rstCode !== undefined && upstream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) onUpstreamGone();
     else if (!responded) onUpstreamGone();
-    maybeUnref(session);
+    releaseSession(session);
   });
   stream.once('close', () => {
     clearTimeout(timer);
     if (!upstream.closed) upstream.close(http2.constants.NGHTTP2_CANCEL);
   });
-  stream.pipe(upstream);
+  if (!stream.endAfterHeaders) stream.pipe(upstream);
+}
+
+/**
+ * Streams this handler has open per upstream h2c session: the session holds the process open only
+ * while one is. A counter, not `session.state` (a native call building an object) per request.
+ */
+const openStreams = new WeakMap<http2.ClientHttp2Session, number>();
+
+function holdSession(session: http2.ClientHttp2Session): void {
+  const open = openStreams.get(session) ?? 0;
+  openStreams.set(session, open + 1);
+  if (open === 0) session.ref();
 }
 
 /** Let an idle h2c session stop holding the process open. */
-function maybeUnref(session: http2.ClientHttp2Session): void {
-  const state = session.state as { streamsOpen?: number } | undefined;
-  if (state?.streamsOpen === undefined || state.streamsOpen <= 1) session.unref();
+function releaseSession(session: http2.ClientHttp2Session): void {
+  const open = (openStreams.get(session) ?? 1) - 1;
+  openStreams.set(session, open);
+  if (open <= 0) session.unref();
 }
 
 function forwardWebSocket(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: Route, ctx: StreamContext, setupDone: () => void): void {
