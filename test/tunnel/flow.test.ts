@@ -110,8 +110,11 @@ test('stalled readers do not slow other streams on the same tunnel connection', 
   t.log(`stalled  p50 ${during.p50.toFixed(2)} ms, max ${during.max.toFixed(2)} ms, 8 MiB in ${during.downloadMs.toFixed(0)} ms`);
   t.log(`stalled streams hold ${(writtenAfter / 1048576).toFixed(1)} MiB of ${(3 * STALLED_BYTES) / 1048576} MiB`);
   t.true(writtenAfter < 3 * STALLED_BYTES / 4, 'the stalled responses really are stalled');
-  t.true(during.p50 < Math.max(5, baseline.p50 * 3), 'small requests not slowed');
-  t.true(during.downloadMs < Math.max(500, baseline.downloadMs * 3), 'download not slowed');
+  // Head-of-line blocking would starve these requests outright (the shared connection window held
+  // by the stalled streams): they would take seconds or never finish. The bounds leave room for a
+  // loaded CI machine (one run under load saw p50 11 ms against a 3 ms baseline) and still catch that.
+  t.true(during.p50 < Math.max(50, baseline.p50 * 5), 'small requests not slowed');
+  t.true(during.downloadMs < Math.max(2000, baseline.downloadMs * 5), 'download not slowed');
   t.is(env.gateway.tunnels.count('c1'), 1);
 
   for (const res of stalled) res.destroy();
