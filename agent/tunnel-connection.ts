@@ -62,6 +62,13 @@ export function splitAddress(address: string): { host: string; port: number } {
 
 export class TunnelConnection {
   state: ConnectionState = 'connecting';
+  /**
+   * The agent itself is draining this connection (shutdown): new streams are refused. A drain the
+   * gateway announced is different: this connection is no longer counted as live (the slot dials
+   * elsewhere), but the gateway may still carry requests it accepted before its drain through it
+   * until it closes the connection, and those are served.
+   */
+  private selfDraining = false;
   gatewayId: string | null = null;
   /** Why the connection ended, when it ended badly. */
   closeReason: TetherError | null = null;
@@ -199,8 +206,10 @@ export class TunnelConnection {
   }
 
   private acceptStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
-    if (this.state !== 'live') {
-      // Not processed: the gateway may safely retry it on another connection.
+    if (this.state !== 'live' && (this.state !== 'draining' || this.selfDraining)) {
+      // Not processed: the gateway may safely retry it on another connection. Closing with an
+      // error code emits 'error' on the stream; without a listener that crashed the agent.
+      stream.on('error', () => undefined);
       stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
       return;
     }
@@ -235,6 +244,7 @@ export class TunnelConnection {
   async drain(graceMs: number): Promise<void> {
     if (this.state === 'closed') return;
     if (this.state === 'live' || this.state === 'connecting') this.state = 'draining';
+    this.selfDraining = true;
     if (this.control !== null) writeMessage(this.control, { type: 'draining' });
     if (this.active.size > 0) {
       await new Promise<void>((resolve) => {

@@ -40,6 +40,7 @@ export class Gateway implements Closable {
   private readonly logger: Logger;
   private readonly frontDoor: FrontDoor;
   private readonly acceptor: TunnelAcceptor;
+  private readonly proxy: ClientProxy;
   private revoked: Set<string>;
   private admin: AdminServer | null = null;
   private tlsAddress: AddressInfo | null = null;
@@ -56,7 +57,7 @@ export class Gateway implements Closable {
     const auth = new ClientAuthenticator(this.config.auth);
     const authorize = authorizer ?? claimAuthorizer(this.config.auth.mode === 'jwt' ? this.config.auth.clustersClaim : 'clusters');
     const allow: Authorizer = this.config.auth.mode === 'none' && authorizer === undefined ? () => true : authorize;
-    const proxy = new ClientProxy(this.config, this.tunnels, auth, allow, this.metrics, this.logger);
+    const proxy = (this.proxy = new ClientProxy(this.config, this.tunnels, auth, allow, this.metrics, this.logger));
     this.acceptor = new TunnelAcceptor(this.config, this.tunnels, this.metrics, this.logger, checkAgent ?? ((socket) => this.defaultCheck(socket)), () =>
       this.replicas(),
     );
@@ -146,8 +147,9 @@ export class Gateway implements Closable {
     }
   }
 
+  /** Client requests being admitted plus streams open through the tunnels. */
   private inFlight(): number {
-    return this.tunnels.all().reduce((n, t) => n + t.activeStreams, 0);
+    return this.proxy.admitting + this.tunnels.all().reduce((n, t) => n + t.activeStreams, 0);
   }
 
   /**

@@ -94,7 +94,22 @@ export class ClientProxy {
     return cluster === '' || cluster.includes('.') ? null : cluster;
   }
 
+  /**
+   * Requests accepted but not yet admitted (authentication and authorisation may wait on a key
+   * fetch or the access service). A graceful drain waits for them as well as for tunnel streams.
+   */
+  admitting = 0;
+
   private async admit(headers: IncomingHttpHeaders, authority: string | undefined): Promise<Admitted> {
+    this.admitting++;
+    try {
+      return await this.admitNow(headers, authority);
+    } finally {
+      this.admitting--;
+    }
+  }
+
+  private async admitNow(headers: IncomingHttpHeaders, authority: string | undefined): Promise<Admitted> {
     if (headerListSize(headers) > this.config.limits.maxClientHeaderBytes) {
       throw new RequestRejected('HEADERS_TOO_LARGE', 'request headers exceed the limit');
     }
