@@ -5,6 +5,13 @@
 import { silentLogger } from '../../common/log.js';
 import { Gateway, type GatewayOptions } from '../../gateway/index.js';
 
+// A test worker that crashes cannot kill its children: exit when the parent is gone.
+const parentPid = process.ppid;
+setInterval(() => {
+  if (process.ppid !== parentPid) process.exit(1);
+}, 500).unref();
+
+
 const options = JSON.parse(process.argv[2] ?? '{}') as GatewayOptions;
 const gateway = new Gateway({ ...options, logger: silentLogger() });
 await gateway.start();
