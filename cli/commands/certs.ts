@@ -8,7 +8,7 @@
  *   tether certs export-p12 --key K --cert C --password P --out F
  *   tether certs rotate --dir D [--finish]
  */
-import { access, chmod, readFile, writeFile } from 'node:fs/promises';
+import { access, chmod, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Option, type Command } from 'commander';
 import {
@@ -22,7 +22,8 @@ import {
   type IssuedCertificate,
   type KeyAlgorithm,
 } from '../../certs/index.js';
-import { TetherError, getErrorCode } from '../../common/errors.js';
+import { TetherError } from '../../common/errors.js';
+import { readText } from '../read-text.js';
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, ...value.split(',').map((v) => v.trim()).filter((v) => v !== '')];
@@ -30,15 +31,6 @@ function collect(value: string, previous: string[]): string[] {
 
 function print(text: string): void {
   process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
-}
-
-async function readText(path: string, what: string): Promise<string> {
-  try {
-    return await readFile(path, 'utf8');
-  } catch (reason) {
-    const code = getErrorCode(reason) === 'ENOENT' ? 'FILE_NOT_FOUND' : 'FILE_UNREADABLE';
-    throw new TetherError(code, `cannot read ${what} ${path}`, { cause: reason });
-  }
 }
 
 async function writeSecret(path: string, data: string | Buffer): Promise<void> {

@@ -1,9 +1,9 @@
 /** `tether control`: serve the control plane; `tether control rotate-key`: rotate the KEK. */
-import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { getErrorMessage, TetherError } from '../../common/errors.js';
 import { createLogger } from '../../common/log.js';
 import { handleSignals } from '../../common/shutdown.js';
+import { readText } from '../read-text.js';
 import { loadControlConfig } from '../../control/config.js';
 import { rotateKey } from '../../control/rotate-key.js';
 import { ControlServer } from '../../control/server.js';
@@ -51,7 +51,7 @@ export function registerControlCommand(program: Command): void {
     .option('--url <url>', 'the control plane\'s JSON/HTTP address', process.env.TETHER_CONTROL_URL ?? 'http://127.0.0.1:7080')
     .option('--token-file <file>', 'file holding the bearer token')
     .action(async (method: string, json: string | undefined, opts: { url: string; tokenFile?: string }) => {
-      const token = opts.tokenFile !== undefined ? (await readFile(opts.tokenFile, 'utf8')).trim() : process.env.TETHER_TOKEN;
+      const token = opts.tokenFile !== undefined ? (await readText(opts.tokenFile, '--token-file')).trim() : process.env.TETHER_TOKEN;
       const path = method.startsWith('/') ? method : `/${method.includes('.') ? method : `tether.control.v1.${method}`}`;
       let response: Response;
       try {

@@ -4,11 +4,11 @@
  * token); the bytes go straight to the data plane's object store. The control plane sees none of
  * them (I2).
  */
-import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { Command } from 'commander';
 import { API_PREFIX, downloadToFile, fileMd5, uploadFile } from '../../agent/dataproxy/index.js';
 import { TetherError, getErrorMessage } from '../../common/errors.js';
+import { readText } from '../read-text.js';
 
 interface DataOptions {
   gateway: string;
@@ -17,9 +17,7 @@ interface DataOptions {
 }
 
 async function dataproxyCall<T>(opts: DataOptions, method: string, body: Record<string, unknown>): Promise<T> {
-  const token = (await readFile(opts.tokenFile, 'utf8').catch((reason: unknown) => {
-    throw new TetherError('FILE_UNREADABLE', `--token-file ${opts.tokenFile}: ${getErrorMessage(reason)}`);
-  })).trim();
+  const token = (await readText(opts.tokenFile, '--token-file')).trim();
   let response: Response;
   try {
     response = await fetch(new URL(`${API_PREFIX}${method}`, opts.gateway), {

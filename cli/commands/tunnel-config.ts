@@ -2,24 +2,15 @@
  * Loading `tether gateway` / `tether agent` YAML config files: TLS material may be given inline
  * (`key`, `cert`, `ca`) or as files (`keyFile`, `certFile`, `caFile`, relative to the config file).
  */
-import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { parse } from 'yaml';
-import { TetherError, getErrorCode, getErrorMessage } from '../../common/errors.js';
+import { TetherError, getErrorMessage } from '../../common/errors.js';
+import { readText } from '../read-text.js';
 
 export interface PemTriple {
   key: string;
   cert: string;
   ca: string;
-}
-
-async function readText(path: string, what: string): Promise<string> {
-  try {
-    return await readFile(path, 'utf8');
-  } catch (reason) {
-    const code = getErrorCode(reason) === 'ENOENT' ? 'FILE_NOT_FOUND' : 'FILE_UNREADABLE';
-    throw new TetherError(code, `cannot read ${what} ${path}`, { cause: reason });
-  }
 }
 
 /** Parse the YAML file; returns its object and the resolved TLS PEMs (removing `tls` from it). */
