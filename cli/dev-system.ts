@@ -166,15 +166,8 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
       clusters: [DEV_CLUSTER],
       trustDomain: DEV_TRUST_DOMAIN,
       auth: { mode: 'jwt', issuers: [{ issuer: issuer.issuer, audiences: [DEV_CLIENT_AUDIENCE], jwksUrl: issuer.jwksUri }] },
-      // Who may reach the demo cluster's data plane is the control plane's RBAC graph: the
-      // subject needs `data.read` in the cluster's org (asked about itself, so it is audited as it).
-      authorizer: accessAuthorizer({
-        check: async (subject, groups, clusterId) => {
-          const cluster = await control.store.getCluster(clusterId);
-          if (cluster === undefined) return false;
-          return (await control.service.check(userCaller(subject, groups), '', [], 'data.read', { org: cluster.org })).allowed;
-        },
-      }),
+      // Who may reach the demo cluster's data plane is the control plane's RBAC graph.
+      authorizer: accessAuthorizer({ check: (subject, groups, clusterId) => control.service.mayReachCluster(subject, groups, clusterId) }),
       admin: { host: '127.0.0.1', port: 0 },
       drainGraceMs: 5_000,
       logger: logger.child({ component: 'gateway' }),

@@ -714,6 +714,17 @@ export class ControlService {
     return { subject: caller.subject, groups, roles: graph.rolesOn(caller, scope) };
   }
 
+  /**
+   * May `subject` reach cluster `clusterId`'s data plane? The gateway's question: `data.read` in
+   * the cluster's org, asked as the subject itself (so it is audited as that subject). An unknown
+   * cluster is a no.
+   */
+  async mayReachCluster(subject: string, groups: readonly string[], clusterId: string): Promise<boolean> {
+    const cluster = await this.store.getCluster(clusterId);
+    if (cluster === undefined) return false;
+    return (await this.check(userCaller(subject, groups), '', [], 'data.read', { org: cluster.org })).allowed;
+  }
+
   /** May `subject` do `operation` on `scope`? About oneself: anyone; about others: rbac.read. */
   async check(caller: Caller, subject: string, groups: readonly string[], operation: string, scopeInput: ResourceScope): Promise<{ allowed: boolean; roles: Role[] }> {
     const scope = this.#bindingScope(scopeInput);
