@@ -6,7 +6,7 @@
  * over the network: CreateRuns over JSON/HTTP with a verified bearer token per request, and phase
  * events over the agents' mTLS channel (AgentClient).
  *
- *   node --import tsx benchmarks/control.ts
+ *   node --import ./bin/typescript.js benchmarks/control.ts
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';

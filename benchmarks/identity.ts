@@ -5,7 +5,7 @@
  * Each measurement runs for a bounded time (default 3 s; `--duration=MS`) with a few operations in
  * flight, since WebCrypto work runs off the main thread.
  *
- * Run alone with `node --import tsx benchmarks/identity.ts`, or through `npm run bench identity`.
+ * Run alone with `node --import ./bin/typescript.js benchmarks/identity.ts`, or through `npm run bench identity`.
  */
 import { pathToFileURL } from 'node:url';
 import { CertificateAuthority } from '../certs/certificate-authority.js';

@@ -9,6 +9,9 @@ import { createServer } from 'node:net';
 import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+/** `--import` this in a child Node process to run the repository's TypeScript. */
+const TYPESCRIPT_LOADER = new URL('../bin/typescript.js', import.meta.url).href;
+
 const HERE = dirname(fileURLToPath(import.meta.url));
 const TAIL_BYTES = 4_000;
 
@@ -49,12 +52,12 @@ export class Processes {
   }
 
   /**
-   * A Node child running a TypeScript file of this folder through tsx with an IPC channel, its
+   * A Node child running a TypeScript file of this folder through bin/typescript.js with an IPC channel, its
    * open-file limit raised as far as the hard limit allows.
    */
   spawnNode(name: string, file: string, args: readonly string[], nodeArgs: readonly string[] = []): Tracked {
     const script = 'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" "$@"';
-    return this.spawn(name, 'bash', ['-c', script, process.execPath, ...nodeArgs, '--import', 'tsx', join(HERE, file), ...args], {
+    return this.spawn(name, 'bash', ['-c', script, process.execPath, ...nodeArgs, '--import', TYPESCRIPT_LOADER, join(HERE, file), ...args], {
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       env: { ...process.env, TETHER_LOG_LEVEL: 'silent' },
     });

@@ -2,16 +2,19 @@
  * One end of the tether tunnel for `benchmarks/tunnel.ts`, run as its own child process so that it
  * shares an event loop with neither the upstream nor the load generator:
  *
- *   node --import tsx benchmarks/tunnel-stack.ts gateway CONFIG.json
- *   node --import tsx benchmarks/tunnel-stack.ts agent CONFIG.json
+ *   node --import ./bin/typescript.js benchmarks/tunnel-stack.ts gateway CONFIG.json
+ *   node --import ./bin/typescript.js benchmarks/tunnel-stack.ts agent CONFIG.json
  *
  * CONFIG.json (written 0600 by the benchmark into its temp folder) holds the certificates and
  * addresses. The gateway listens on loopback (TLS for agents, cleartext HTTP/1.1 + h2c for
  * clients, auth mode `none`); the agent dials it. Each sends `{ type: 'ready', ... }` on the IPC
  * channel, answers `{ type: 'memory' }` (after a full GC when `--expose-gc` is on) and exits when
- * the channel closes or on SIGTERM.
+ * the channel closes or on SIGTERM. With `TETHER_BENCH_SNAPSHOT_DIR` set, each memory reading also
+ * writes a heap snapshot there (compare two to see what an idle WebSocket holds).
  */
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeHeapSnapshot } from 'node:v8';
 import { Agent } from '../agent/index.js';
 import type { Closable } from '../common/lifecycle.js';
 import { silentLogger } from '../common/log.js';
@@ -94,6 +97,8 @@ async function main(): Promise<void> {
     if (message.type !== 'memory') return;
     const gc = (globalThis as { gc?: () => void }).gc;
     gc?.();
+    const snapshots = process.env.TETHER_BENCH_SNAPSHOT_DIR;
+    if (snapshots !== undefined) writeHeapSnapshot(join(snapshots, `${role}-${Date.now()}.heapsnapshot`));
     const usage = process.memoryUsage();
     send({ type: 'memory', rss: usage.rss, heapUsed: usage.heapUsed, external: usage.external, arrayBuffers: usage.arrayBuffers });
   });

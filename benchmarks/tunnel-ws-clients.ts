@@ -1,7 +1,7 @@
 /**
  * Idle WebSocket clients for `benchmarks/tunnel.ts`, run as their own child process:
  *
- *   node --import tsx benchmarks/tunnel-ws-clients.ts http://127.0.0.1:PORT COUNT [name:value ...]
+ *   node --import ./bin/typescript.js benchmarks/tunnel-ws-clients.ts http://127.0.0.1:PORT COUNT [name:value ...]
  *
  * Opens COUNT WebSocket connections (hand-written HTTP/1.1 upgrade handshakes, a bounded number in
  * flight, each with a deadline), keeps the successful ones open and idle, and sends

@@ -20,7 +20,7 @@
  * profiles of the gateway and agent into `benchmarks/results/profiles/`).
  *
  * Run with `npm run bench tunnel` (writes `benchmarks/results/tunnel.json`) or directly with
- * `node --import tsx benchmarks/tunnel.ts`. Needs wrk, h2load (nghttp2-client), curl and
+ * `node --import ./bin/typescript.js benchmarks/tunnel.ts`. Needs wrk, h2load (nghttp2-client), curl and
  * openssh-server/openssh-client; a missing tool skips its rows with the package to install.
  */
 import { rmSync } from 'node:fs';

@@ -12,7 +12,7 @@
  * in groups of `STREAMS_PER_CONNECTION`. Clients only read nonce/version/type from responses
  * (no full decode), as a client that cares about the server would not add its own cost.
  *
- *   node --import tsx --expose-gc benchmarks/xds.ts [--clients=1000,2000] [--protocol=sotw,delta]
+ *   node --import ./bin/typescript.js --expose-gc benchmarks/xds.ts [--clients=1000,2000] [--protocol=sotw,delta]
  */
 import { fork } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -30,6 +30,9 @@ import { TypeUrl } from '../xds/resource-types.js';
 import { AggregatedDiscoveryService } from '../xds/gen/envoy/service/discovery/v3/ads_pb.js';
 import { DeltaDiscoveryRequestSchema, DiscoveryRequestSchema } from '../xds/gen/envoy/service/discovery/v3/discovery_pb.js';
 import { methodPath } from '../xds/grpc-service.js';
+
+/** `--import` this in a child Node process to run the repository's TypeScript. */
+const TYPESCRIPT_LOADER = new URL('../bin/typescript.js', import.meta.url).href;
 
 const CLUSTERS = 1000;
 const ENDPOINTS_PER_CLUSTER = 10;
@@ -87,7 +90,7 @@ async function measure(clients: number, protocol: 'sotw' | 'delta'): Promise<Rec
   const cpu0 = process.cpuUsage();
   const syncStart = performance.now();
   const child: ChildProcess = fork(fileURLToPath(import.meta.url), ['--clients-process', String(port), String(clients), protocol], {
-    execArgv: ['--import', 'tsx'],
+    execArgv: ['--import', TYPESCRIPT_LOADER],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   try {

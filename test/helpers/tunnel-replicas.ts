@@ -13,6 +13,7 @@ import { stringify } from 'yaml';
 import type { Agent } from '../../agent/index.js';
 import { getErrorCode, getErrorMessage } from '../../common/errors.js';
 import { h1Request, type Reply, type RequestSpec } from './tunnel-clients.js';
+import { TYPESCRIPT_LOADER } from './typescript-loader.js';
 
 const cliChild = fileURLToPath(new URL('./tunnel-cli-child.ts', import.meta.url));
 
@@ -33,7 +34,7 @@ export interface ReplicaProcess {
 export async function startReplicaProcess(dir: string, id: string, config: Record<string, unknown>, timeoutMs = 20_000): Promise<ReplicaProcess> {
   const file = join(dir, `${id}.yaml`);
   await writeFile(file, stringify({ ...config, id }));
-  const child = spawn(process.execPath, ['--import', 'tsx', cliChild, 'gateway', '--config', file], {
+  const child = spawn(process.execPath, ['--import', TYPESCRIPT_LOADER, cliChild, 'gateway', '--config', file], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, TETHER_LOG_LEVEL: 'silent' },
   });

@@ -11,13 +11,14 @@ import { createTestPki } from '../helpers/pki.js';
 import { h1Request } from '../helpers/tunnel-clients.js';
 import { AUDIENCE, ISSUER, createTokenIssuer } from '../helpers/tunnel-env.js';
 import { startHttp1Upstream } from '../helpers/tunnel-upstreams.js';
+import { TYPESCRIPT_LOADER } from '../helpers/typescript-loader.js';
 
 failOnLeaks(test);
 
 const script = fileURLToPath(new URL('../helpers/tunnel-cli-child.ts', import.meta.url));
 
 function run(args: string[]): { child: ChildProcess; line: Promise<string> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TETHER_LOG_LEVEL: 'silent' } });
+  const child = spawn(process.execPath, ['--import', TYPESCRIPT_LOADER, script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TETHER_LOG_LEVEL: 'silent' } });
   let stderr = '';
   child.stderr?.on('data', (c: Buffer) => {
     stderr += c.toString();

@@ -7,6 +7,7 @@ import { failOnLeaks } from '../helpers/leaks.js';
 import { h1Request } from '../helpers/tunnel-clients.js';
 import { AUDIENCE, ISSUER, startTunnelEnv, type TunnelEnv } from '../helpers/tunnel-env.js';
 import { startHttp1Upstream, type Upstream } from '../helpers/tunnel-upstreams.js';
+import { TYPESCRIPT_LOADER } from '../helpers/typescript-loader.js';
 
 failOnLeaks(test);
 
@@ -189,7 +190,7 @@ test.serial('a frozen gateway (SIGSTOP) is detected by PING timeout within the c
       pingTimeoutMs: 60_000,
     };
     const script = fileURLToPath(new URL('../helpers/tunnel-gateway-child.ts', import.meta.url));
-    child = spawn(process.execPath, ['--import', 'tsx', script, JSON.stringify(options)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    child = spawn(process.execPath, ['--import', TYPESCRIPT_LOADER, script, JSON.stringify(options)], { stdio: ['ignore', 'pipe', 'inherit'] });
     const [line] = (await once(child.stdout as NodeJS.ReadableStream, 'data')) as [Buffer];
     const address = /ready (\S+)/.exec(line.toString())?.[1];
     if (address === undefined) throw new Error(`child said ${line.toString()}`);

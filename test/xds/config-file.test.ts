@@ -15,6 +15,7 @@ import { isTetherError } from '../../common/errors.js';
 import type { TetherError } from '../../common/errors.js';
 import type { ClusterLoadAssignment } from '../../xds/gen/envoy/config/endpoint/v3/endpoint_pb.js';
 import { SotwProber, ack } from './fixtures.js';
+import { TYPESCRIPT_LOADER } from '../helpers/typescript-loader.js';
 
 failOnLeaks(test);
 
@@ -120,7 +121,7 @@ test('tether xds --config F serves the file over gRPC and stops on SIGTERM', asy
     registerXdsCommand(program);
     await program.parseAsync(['xds', '--config', ${JSON.stringify(file)}, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'], { from: 'user' });
   `;
-  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TETHER_LOG_LEVEL: 'silent' } });
+  const child = spawn(process.execPath, ['--import', TYPESCRIPT_LOADER, '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TETHER_LOG_LEVEL: 'silent' } });
   t.teardown(async () => {
     if (child.exitCode === null) {
       child.kill('SIGKILL');
