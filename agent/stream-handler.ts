@@ -25,6 +25,13 @@ import type { UpstreamPools } from './upstreams.js';
 
 const { NGHTTP2_INTERNAL_ERROR, NGHTTP2_FLAG_END_STREAM } = http2.constants;
 
+/**
+ * The error listener of a tunnel stream (reset by the gateway when its client went away, or a
+ * protocol error on this stream only; its 'close' does the rest). Module-level so that it does not
+ * keep the handler's scope alive for a WebSocket's lifetime.
+ */
+function ignoreError(): void {}
+
 export interface StreamContext {
   routes: RouteTable;
   pools: UpstreamPools;
@@ -43,11 +50,10 @@ export function handleTunnelStream(stream: ServerHttp2Stream, headers: IncomingH
   const kind: StreamProtocol =
     method === 'CONNECT' ? (protocol === 'websocket' ? 'websocket' : 'tcp') : isGrpc(headers) ? 'grpc' : 'http';
   ctx.metrics.streamsTotal.inc({ protocol: kind });
-  ctx.metrics.streamsActive.inc({ protocol: kind });
-  stream.once('close', () => ctx.metrics.streamsActive.dec({ protocol: kind }));
-  stream.on('error', () => {
-    // Reset by the gateway (client went away) or a protocol error on this stream only.
-  });
+  const active = activeStreams(ctx.metrics, kind);
+  active.inc();
+  stream.on('close', () => active.dec());
+  stream.on('error', ignoreError);
   if (stream.endAfterHeaders) {
     // Nothing to read but the end; consume it so the stream can close.
     stream.resume();
@@ -125,6 +131,27 @@ function bytesCounters(metrics: AgentMetrics): { toGateway: { inc(value: number)
     byteCounters.set(metrics, counters);
   }
   return counters;
+}
+
+/**
+ * The streams-active gauge's child per protocol, resolved once per metrics instance: prom-client's
+ * `labels()` builds a fresh object with seven bound methods per call, and the stream's 'close'
+ * listener holds it as long as the stream lives.
+ */
+const activeGauges = new WeakMap<AgentMetrics, Map<StreamProtocol, { inc(): void; dec(): void }>>();
+
+function activeStreams(metrics: AgentMetrics, kind: StreamProtocol): { inc(): void; dec(): void } {
+  let byKind = activeGauges.get(metrics);
+  if (byKind === undefined) {
+    byKind = new Map();
+    activeGauges.set(metrics, byKind);
+  }
+  let gauge = byKind.get(kind);
+  if (gauge === undefined) {
+    gauge = metrics.streamsActive.labels({ protocol: kind });
+    byKind.set(kind, gauge);
+  }
+  return gauge;
 }
 
 function countToGateway(source: NodeJS.ReadableStream, ctx: StreamContext): void {
@@ -339,6 +366,8 @@ function forwardWebSocket(stream: ServerHttp2Stream, headers: IncomingHttpHeader
       if (value !== undefined) answer[name] = value;
     }
     stream.respond(answer);
+    // The pool's idle timer has no meaning for an upgraded socket (nothing acts on it): drop it.
+    if (socket instanceof net.Socket) socket.setTimeout(0);
     if (head.length > 0) stream.write(head);
     countToGateway(socket, ctx);
     splice(stream, socket);
@@ -406,8 +435,8 @@ export function splice(a: Duplex, b: Duplex): void {
   };
   a.on('error', teardown);
   b.on('error', teardown);
-  a.once('close', teardown);
-  b.once('close', teardown);
+  a.on('close', teardown);
+  b.on('close', teardown);
   relay(a, b);
   relay(b, a);
 }
@@ -421,5 +450,5 @@ function relay(from: Duplex, to: Duplex): void {
     if (!to.write(chunk)) from.pause();
   });
   to.on('drain', () => from.resume());
-  from.once('end', () => to.end());
+  from.on('end', () => to.end());
 }

@@ -14,7 +14,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeHeapSnapshot } from 'node:v8';
+import { getHeapSpaceStatistics, writeHeapSnapshot } from 'node:v8';
 import { Agent } from '../agent/index.js';
 import type { Closable } from '../common/lifecycle.js';
 import { silentLogger } from '../common/log.js';
@@ -38,7 +38,7 @@ export interface StackConfig {
 export type StackMessage =
   | { type: 'ready'; role: 'gateway'; plainUrl: string; address: string; pid: number }
   | { type: 'ready'; role: 'agent'; connections: number; pid: number }
-  | { type: 'memory'; rss: number; heapUsed: number; external: number; arrayBuffers: number }
+  | { type: 'memory'; rss: number; heapUsed: number; external: number; arrayBuffers: number; newSpaceCommitted: number; heapCommitted: number }
   | { type: 'error'; message: string };
 
 async function main(): Promise<void> {
@@ -100,7 +100,9 @@ async function main(): Promise<void> {
     const snapshots = process.env.TETHER_BENCH_SNAPSHOT_DIR;
     if (snapshots !== undefined) writeHeapSnapshot(join(snapshots, `${role}-${Date.now()}.heapsnapshot`));
     const usage = process.memoryUsage();
-    send({ type: 'memory', rss: usage.rss, heapUsed: usage.heapUsed, external: usage.external, arrayBuffers: usage.arrayBuffers });
+    const spaces = getHeapSpaceStatistics();
+    const newSpaceCommitted = spaces.find((space) => space.space_name === 'new_space')?.space_size ?? 0;
+    send({ type: 'memory', rss: usage.rss, heapUsed: usage.heapUsed, external: usage.external, arrayBuffers: usage.arrayBuffers, newSpaceCommitted, heapCommitted: usage.heapTotal });
   });
   send(ready);
 }

@@ -34,6 +34,25 @@ const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM, NGHTTP2_FLAG_E
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 const MAX_ATTEMPTS = 3;
 
+/**
+ * The error listener of sockets and streams whose failures are handled by their 'close'. One
+ * module-level function: an arrow written inside a handler would keep that handler's whole scope
+ * (request headers, the upgrade's head buffer) alive for as long as the socket lives.
+ */
+function ignoreError(): void {}
+
+/**
+ * Node keeps the headers given to `session.request()` on the stream for its `sentHeaders` getter,
+ * for the stream's whole life: ~1.3 KiB per idle WebSocket (the object is in dictionary mode).
+ * Nothing reads them after the response arrives, so drop them then. The property is internal
+ * (`Symbol(sent-headers)`); when a Node version names it otherwise this does nothing.
+ */
+let sentHeadersKey: symbol | null | undefined;
+function releaseSentHeaders(stream: ClientHttp2Stream): void {
+  if (sentHeadersKey === undefined) sentHeadersKey = Object.getOwnPropertySymbols(stream).find((key) => key.description === 'sent-headers') ?? null;
+  if (sentHeadersKey !== null) Reflect.set(stream, sentHeadersKey, undefined);
+}
+
 type Kind = 'http1' | 'http2' | 'grpc' | 'websocket' | 'tcp';
 
 interface Admitted {
@@ -193,16 +212,18 @@ export class ClientProxy {
     if (attempt === 0) this.metrics.requestsTotal.inc({ cluster: clusterId, protocol: client.kind });
     let responded = false;
     let gone = false;
-    const timer = setTimeout(() => {
+    let timer: NodeJS.Timeout | undefined = setTimeout(() => {
       if (responded) return;
       stream.close(NGHTTP2_CANCEL);
       client.respondError('TUNNEL_TIMEOUT', `no response within ${this.config.responseTimeoutMs} ms`);
     }, this.config.responseTimeoutMs);
-    stream.on('error', () => undefined);
+    stream.on('error', ignoreError);
     stream.on('response', (responseHeaders: IncomingHttpHeaders, flags: number) => {
       clearTimeout(timer);
+      timer = undefined;
       responded = true;
       retry = null;
+      releaseSentHeaders(stream);
       this.metrics.streamSetup.observe({ protocol: client.kind }, Number(process.hrtime.bigint() - started) / 1e9);
       const code = responseHeaders[H_ERROR];
       if (typeof code === 'string') this.metrics.errors.inc({ code });
@@ -211,7 +232,7 @@ export class ClientProxy {
       stream.on('data', (chunk: Buffer) => toClient.inc(chunk.length));
       client.onResponse(stream, responseHeaders, flags);
     });
-    stream.once('close', () => {
+    stream.on('close', () => {
       clearTimeout(timer);
       tunnel.activeStreams--;
       this.metrics.requestsActive.dec({ cluster: clusterId });
@@ -273,14 +294,14 @@ export class ClientProxy {
         if (!stream.write(chunk)) body.pause();
       });
       stream.on('drain', onDrain);
-      body.once('end', onEnd);
+      body.on('end', onEnd);
     }
   }
 
   // ---- HTTP/1.1 clients -------------------------------------------------------------------
 
   handleHttp1(req: IncomingMessage, res: ServerResponse): void {
-    res.on('error', () => undefined);
+    res.on('error', ignoreError);
     const headers = req.headers;
     const bodyless = headers['content-length'] === undefined && headers['transfer-encoding'] === undefined;
     const client: ClientSide = {
@@ -325,7 +346,7 @@ export class ClientProxy {
 
   /** HTTP/1.1 `Upgrade: websocket` → RFC 8441 extended CONNECT on the tunnel. */
   handleHttp1Upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    socket.on('error', () => undefined);
+    socket.on('error', ignoreError);
     const headers = req.headers;
     const key = headers['sec-websocket-key'];
     const raw = rawResponder(socket, this.metrics);
@@ -350,7 +371,7 @@ export class ClientProxy {
 
   /** HTTP/1.1 `CONNECT host:port` → HTTP/2 CONNECT on the tunnel (raw TCP at the agent). */
   handleHttp1Connect(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    socket.on('error', () => undefined);
+    socket.on('error', ignoreError);
     const headers = req.headers;
     const raw = rawResponder(socket, this.metrics);
     const target = req.url ?? '';
@@ -369,7 +390,7 @@ export class ClientProxy {
         stream.pipe(socket);
       },
       abort: () => socket.destroy(),
-      onGone: (callback) => socket.once('close', callback),
+      onGone: (callback) => socket.on('close', callback),
     };
     this.admit(headers, undefined).then(
       (admitted) => {
@@ -384,7 +405,7 @@ export class ClientProxy {
   // ---- HTTP/2 clients ---------------------------------------------------------------------
 
   handleHttp2(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number): void {
-    stream.on('error', () => undefined);
+    stream.on('error', ignoreError);
     const method = headers[':method'];
     const connect = method === 'CONNECT';
     const protocol = headers[':protocol'];
@@ -453,7 +474,7 @@ function relay(from: Readable, to: Duplex): void {
     if (!to.write(chunk)) from.pause();
   });
   to.on('drain', () => from.resume());
-  from.once('end', () => to.end());
+  from.on('end', () => to.end());
 }
 
 /**
@@ -526,7 +547,7 @@ function webSocketClient(socket: Duplex, key: string, raw: ReturnType<typeof raw
       relay(stream, socket);
     },
     abort: () => socket.destroy(),
-    onGone: (callback) => socket.once('close', callback),
+    onGone: (callback) => socket.on('close', callback),
   };
   return client;
 }
