@@ -6,7 +6,8 @@
 export const DOWNLOAD_BYTES_TOTAL = 256 * 1024 * 1024;
 export const WEBSOCKET_KIB_TARGET = 20;
 
-export type PathName = 'direct' | 'tether' | 'ssh';
+/** `minimal`: the plainest Node program carrying requests in the design's shape (tunnel-minimal-relay.ts). */
+export type PathName = 'direct' | 'tether' | 'minimal' | 'ssh';
 /** Load name → path → that measurement's fields. */
 export type Rows = Record<string, Partial<Record<PathName, object>>>;
 
@@ -83,24 +84,25 @@ export function targetChecks(rows: Rows, websocket: Record<string, unknown> | nu
 
 export function formatTable(rows: Rows, websocket: Record<string, unknown> | null, checks: TargetCheck[]): string {
   const out = [
-    '| measure | direct | tether | ssh -R | tether ÷ direct | ssh -R ÷ direct | target: tether vs ssh -R |',
-    '| --- | ---: | ---: | ---: | ---: | ---: | --- |',
+    '| measure | direct | tether | minimal Node relay | ssh -R | tether ÷ direct | minimal ÷ direct | ssh -R ÷ direct | target: tether vs ssh -R |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
   ];
   for (const line of LINES) {
     const direct = value(rows, line.load, 'direct', line.field);
     const tether = value(rows, line.load, 'tether', line.field);
+    const minimal = value(rows, line.load, 'minimal', line.field);
     const ssh = value(rows, line.load, 'ssh', line.field);
-    if (direct === null && tether === null && ssh === null) continue;
+    if (direct === null && tether === null && minimal === null && ssh === null) continue;
     const check = checks.find((c) => c.name === line.label);
     const verdict = !line.target ? '' : check?.met === true ? `met (${line.better === 'higher' ? '≥' : '≤'})` : check?.met === false ? '**not met**' : 'n/a';
-    out.push(`| ${line.label} | ${fmt(direct, line.digits)} | ${fmt(tether, line.digits)} | ${fmt(ssh, line.digits)} | ${ratio(tether, direct)} | ${ratio(ssh, direct)} | ${verdict} |`);
+    out.push(`| ${line.label} | ${fmt(direct, line.digits)} | ${fmt(tether, line.digits)} | ${fmt(minimal, line.digits)} | ${fmt(ssh, line.digits)} | ${ratio(tether, direct)} | ${ratio(minimal, direct)} | ${ratio(ssh, direct)} | ${verdict} |`);
   }
   const kib = websocketKib(websocket);
   if (kib.total !== null) {
     const met = kib.total <= WEBSOCKET_KIB_TARGET;
     const opened = String(websocket?.opened ?? '?');
     out.push(
-      `| KiB RSS per idle WebSocket (${opened} open; gateway ${fmt(kib.gateway, 1)} + agent ${fmt(kib.agent, 1)}) | – | ${fmt(kib.total, 1)} | – | – | – | ${met ? 'met' : '**not met**'} (≤ ${WEBSOCKET_KIB_TARGET}) |`,
+      `| KiB RSS per idle WebSocket (${opened} open; gateway ${fmt(kib.gateway, 1)} + agent ${fmt(kib.agent, 1)}) | – | ${fmt(kib.total, 1)} | – | – | – | – | – | ${met ? 'met' : '**not met**'} (≤ ${WEBSOCKET_KIB_TARGET}) |`,
     );
   }
   const errors: string[] = [];

@@ -1,10 +1,13 @@
 /**
  * Tunnel benchmark (issue 3, "Must show" 6 and 7). In one go on loopback, the same loads against
- * three paths to one upstream:
+ * four paths to one upstream:
  *
  * - `direct`: the upstream itself (HTTP/1.1 port; h2c port for h2load);
  * - `tether`: client → gateway's cleartext port (HTTP/1.1 or h2c) → HTTP/2 tunnel over mutual
  *   TLS 1.3 → agent → upstream, the gateway and the agent each in their own child process;
+ * - `minimal`: the same shape (agent-dialed mutual TLS 1.3, reverse HTTP/2, one stream per
+ *   request, two Node processes) with nothing but plain forwarding (`tunnel-minimal-relay.ts`):
+ *   what Node's http and http2 cost on two hops before the gateway and agent do any of their work;
  * - `ssh -R`: a private sshd on a loopback port, and `ssh -R` (aes128-gcm@openssh.com, a session
  *   held open so both ends set TCP_NODELAY) forwarding loopback ports on the sshd side to the
  *   upstream's HTTP/1.1 and h2c ports.
@@ -16,7 +19,7 @@
  * separate processes; every load has a time bound; every child is killed at the end, also on error.
  *
  * Options: `--duration=S` (10), `--warmup=S` (2), `--downloads=N` (3), `--websockets=N` (10000), `--websocket-runs=N` (3, median reported),
- * `--only=wrk64,wrk1,h2load,download,websocket`, `--paths=direct,tether,ssh`, `--profile` (CPU
+ * `--only=wrk64,wrk1,h2load,download,websocket`, `--paths=direct,tether,minimal,ssh`, `--profile` (CPU
  * profiles of the gateway and agent into `benchmarks/results/profiles/`).
  *
  * Run with `npm run bench tunnel` (writes `benchmarks/results/tunnel.json`) or directly with
@@ -29,6 +32,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { CertificateAuthority } from '../certs/index.js';
+import type { MinimalRelayMessage } from './tunnel-minimal-relay.js';
 import { DOWNLOAD_BYTES_TOTAL, formatTable, targetChecks, type PathName, type Rows } from './tunnel-report.js';
 import { TOOL_PACKAGES, download, h2load, wrk, type H2loadResult, type LoadTarget, type WrkResult } from './tunnel-load.js';
 import { Processes, cpuSeconds, nextMessage, ofType, which, type Tracked } from './tunnel-processes.js';
@@ -73,7 +77,7 @@ function parseArgs(args: readonly string[]): Settings {
     websockets: number('websockets', 10_000),
     websocketRuns: number('websocket-runs', 3),
     loads: list('only', LOADS),
-    paths: list<PathName>('paths', ['direct', 'tether', 'ssh']),
+    paths: list<PathName>('paths', ['direct', 'tether', 'minimal', 'ssh']),
     profile: args.includes('--profile'),
   };
 }
@@ -111,6 +115,20 @@ async function startStack(processes: Processes, dir: string, config: StackConfig
   await nextMessage(agent, ofType<Extract<StackMessage, { type: 'ready'; role: 'agent' }>>('ready'), 30_000, 'agent ready');
   await waitForTunnel(gatewayReady.plainUrl);
   return { gateway, agent, plainUrl: gatewayReady.plainUrl };
+}
+
+/** The minimal Node relay (tunnel-minimal-relay.ts): its gateway, then its agent, then a request through it. */
+async function startMinimalRelay(processes: Processes, dir: string, config: StackConfig): Promise<{ stack: Stack; h2cUrl: string }> {
+  const gatewayFile = join(dir, 'minimal-gateway.json');
+  await writeFile(gatewayFile, JSON.stringify(config), { mode: 0o600 });
+  const gateway = processes.spawnNode('minimal relay gateway', 'tunnel-minimal-relay.ts', ['gateway', gatewayFile]);
+  const ready = await nextMessage(gateway, ofType<Extract<MinimalRelayMessage, { type: 'ready'; role: 'gateway' }>>('ready'), 30_000, 'minimal relay gateway ready');
+  const agentFile = join(dir, 'minimal-agent.json');
+  await writeFile(agentFile, JSON.stringify({ ...config, gatewayAddress: ready.address }), { mode: 0o600 });
+  const agent = processes.spawnNode('minimal relay agent', 'tunnel-minimal-relay.ts', ['agent', agentFile]);
+  await nextMessage(agent, ofType<Extract<MinimalRelayMessage, { type: 'ready'; role: 'agent' }>>('ready'), 30_000, 'minimal relay agent ready');
+  await waitForTunnel(ready.plainUrl);
+  return { stack: { gateway, agent, plainUrl: ready.plainUrl }, h2cUrl: ready.h2cUrl };
 }
 
 /** The gateway registers a tunnel once the agent's SETTINGS arrive: wait until a request goes through. */
@@ -207,6 +225,16 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
       const pids = [stack.gateway.child.pid ?? 0, stack.agent.child.pid ?? 0];
       relayPids.tether = () => pids;
     }
+    let minimal: Stack | null = null;
+    if (settings.paths.has('minimal') && loadTests) {
+      const started = await startMinimalRelay(processes, dir, stackConfig);
+      minimal = started.stack;
+      paths.http.minimal = { base: started.stack.plainUrl, headers };
+      paths.h2c.minimal = { base: started.h2cUrl, headers, path: '/h2/1k' };
+      const pids = [started.stack.gateway.child.pid ?? 0, started.stack.agent.child.pid ?? 0];
+      relayPids.minimal = () => pids;
+      log(`minimal Node relay at ${started.stack.plainUrl} (h2c ${started.h2cUrl})`);
+    }
     if (settings.paths.has('ssh') && loadTests) {
       try {
         const ssh = await startSshTunnel(processes, join(dir, 'ssh'), [ports.http, ports.h2c]);
@@ -222,7 +250,7 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
       }
     }
 
-    const order: PathName[] = ['direct', 'tether', 'ssh'];
+    const order: PathName[] = ['direct', 'tether', 'minimal', 'ssh'];
     const { durationSec: seconds, warmupSec: warmup } = settings;
     const upstreamPid = upstream.child.pid ?? 0;
     const sumCpu = (pids: number[]): number => pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
@@ -289,11 +317,13 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
         return { megabytesPerSec: median?.megabytesPerSec ?? 0, runsMBps: runs.map((r) => Math.round(r.megabytesPerSec)), megabytes: (runs.length * DOWNLOAD_BYTES_TOTAL) / 1e6 };
       });
     }
-    if (stack !== null) {
-      await processes.stop(stack.agent);
-      await processes.stop(stack.gateway);
-      stack = null;
+    for (const running of [stack, minimal]) {
+      if (running === null) continue;
+      await processes.stop(running.agent);
+      await processes.stop(running.gateway);
     }
+    stack = null;
+    minimal = null;
 
     let websocket: Record<string, unknown> | null = null;
     if (settings.loads.has('websocket') && settings.paths.has('tether')) {
