@@ -29,6 +29,13 @@ export class FrontDoor {
   private readonly tlsServer: tls.Server;
   private plainServer: net.Server | null = null;
   private readonly sockets = new Set<Socket>();
+  /**
+   * HTTP/1.1 client connections (TLS and plain) until they close. Node's own connection tracking
+   * (`closeIdleConnections`, `closeAllConnections`, headers/request timeouts) only starts when an
+   * http.Server listens, and this one never does, so the front door counts them itself.
+   */
+  private readonly h1Sockets = new Set<Socket>();
+  private draining = false;
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly listening = new Set<net.Server>();
   private readonly activity = new Map<http2.Http2Session, { open: number; last: number }>();
@@ -44,7 +51,12 @@ export class FrontDoor {
   ) {
     const limits = config.limits;
     this.h1 = http.createServer({ maxHeaderSize: limits.maxClientHeaderBytes, requestTimeout: 0, headersTimeout: 30_000, keepAliveTimeout: 5_000 });
-    this.h1.on('request', (req, res) => proxy.handleHttp1(req, res));
+    this.h1.on('request', (req, res) => {
+      // A request that reaches a draining gateway on an open connection is served (its tunnels
+      // stay up while client connections are open), and its connection closes after the response.
+      if (this.draining) res.setHeader('connection', 'close');
+      proxy.handleHttp1(req, res);
+    });
     this.h1.on('upgrade', (req, socket: Socket, head: Buffer) => proxy.handleHttp1Upgrade(req, socket, head));
     this.h1.on('connect', (req, socket: Socket, head: Buffer) => proxy.handleHttp1Connect(req, socket, head));
     this.h1.on('clientError', (error: Error & { code?: string }, socket: Socket) => this.clientError(error, socket));
@@ -110,7 +122,10 @@ export class FrontDoor {
         }
         onTunnel(socket);
       } else if (socket.alpnProtocol === 'h2') this.h2.emit('connection', socket);
-      else this.h1.emit('connection', socket);
+      else {
+        this.h1Sockets.add(socket);
+        this.h1.emit('connection', socket);
+      }
     });
     this.tlsServer.on('tlsClientError', (reason: unknown) => logger.debug({ err: reason }, 'TLS handshake failed'));
   }
@@ -138,7 +153,10 @@ export class FrontDoor {
 
   private track(socket: Socket): void {
     this.sockets.add(socket);
-    socket.once('close', () => this.sockets.delete(socket));
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      this.h1Sockets.delete(socket);
+    });
   }
 
   private clientError(error: Error & { code?: string }, socket: Socket): void {
@@ -179,6 +197,7 @@ export class FrontDoor {
             this.h2.emit('connection', socket);
             return;
           }
+          this.h1Sockets.add(socket);
           this.h1.emit('connection', socket);
           socket.resume();
         });
@@ -190,18 +209,24 @@ export class FrontDoor {
     return { tls: tlsAddress, plain };
   }
 
-  /** Stop accepting connections; GOAWAY client HTTP/2 sessions; close idle HTTP/1.1 connections. */
+  /**
+   * Stop accepting connections; GOAWAY client HTTP/2 sessions; HTTP/1.1 responses from now on say
+   * `Connection: close`. Open HTTP/1.1 connections are not closed here: a request may already be on
+   * its way on one (a keep-alive client sent it just before the drain began; it got 503 NO_TUNNEL
+   * once the drain had closed the tunnels). They close after their next response, when the client
+   * closes them, or at `keepAliveTimeout`; the drain waits for them within its grace period.
+   */
   stopAccepting(): Promise<void> {
+    this.draining = true;
     const closed = [...this.listening].map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
     this.listening.clear();
     for (const session of this.sessions) session.close();
-    this.h1.closeIdleConnections();
     return Promise.all(closed).then(() => undefined);
   }
 
-  /** Client connections still open (tunnel sockets excluded by the caller's accounting). */
-  get openClientSessions(): number {
-    return this.sessions.size;
+  /** Client connections still open that may carry a request: HTTP/2 sessions and HTTP/1.1 connections (tunnels excluded). */
+  get openClientConnections(): number {
+    return this.sessions.size + this.h1Sockets.size;
   }
 
   destroyAll(): void {

@@ -167,7 +167,9 @@ export class Gateway implements Closable {
     const deadline = Date.now() + graceMs;
     this.acceptor.announceDrain(this.config.agentRetryAfterMs);
     const stopped = this.frontDoor.stopAccepting();
-    while (this.inFlight() > 0 && Date.now() < deadline) {
+    // Also wait for open client connections: a request may still arrive on one (see
+    // FrontDoor.stopAccepting), and closing the tunnels first answered it 503 NO_TUNNEL.
+    while ((this.inFlight() > 0 || this.frontDoor.openClientConnections > 0) && Date.now() < deadline) {
       await new Promise<void>((resolve) => setTimeout(resolve, 25));
     }
     await this.acceptor.closeAll(Math.max(0, deadline - Date.now()));

@@ -1,6 +1,7 @@
 import test from 'ava';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import * as https from 'node:https';
 import { fileURLToPath } from 'node:url';
 import type { AgentEvent } from '../../agent/index.js';
 import { failOnLeaks } from '../helpers/leaks.js';
@@ -97,6 +98,37 @@ test.serial('gateway drain: agents are told to move, the in-flight request finis
     await drained;
     t.is(a.tunnels.count(), 0);
   } finally {
+    await env.close();
+  }
+});
+
+/**
+ * The race behind a rare `503 NO_TUNNEL` in the rolling-restart test: a keep-alive client sends a
+ * request just as the drain begins. The drain saw nothing in flight and closed the tunnels at once,
+ * then the request was read from the still-open connection and found no tunnel. Starting the drain
+ * in the same tick as the request makes the race certain: the gateway cannot have read it yet.
+ */
+test.serial('gateway drain: a request already sent on an open keep-alive connection is carried, and that connection then closes', async (t) => {
+  const env = await startTunnelEnv({ agents: [{ clusterId: 'c1', routes: routes() }] });
+  const pool = new https.Agent({ keepAlive: true, maxSockets: 1 });
+  try {
+    const a = env.gateway;
+    const token = await env.token(['c1']);
+    const first = await h1Request(a.address, env.pki.trustBundlePem, { cluster: 'c1', token }, pool);
+    t.is(first.status, 200);
+    t.is(first.headers.connection, 'keep-alive');
+    const second = h1Request(a.address, env.pki.trustBundlePem, { cluster: 'c1', token }, pool);
+    const began = Date.now();
+    const drained = a.drain(20_000);
+    const reply = await second;
+    t.is(reply.status, 200, `answered ${reply.status} ${String(reply.headers['tether-error'])}`);
+    t.is(reply.headers.connection, 'close', 'a draining gateway closes the connection after the response');
+    await drained;
+    // The drain ended because the last client connection closed, not at its grace deadline.
+    t.true(Date.now() - began < 10_000, `drain took ${Date.now() - began} ms`);
+    t.is(a.tunnels.count(), 0);
+  } finally {
+    pool.destroy();
     await env.close();
   }
 });
