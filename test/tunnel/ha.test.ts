@@ -14,6 +14,8 @@ failOnLeaks(test);
 
 let upstream: Upstream;
 let releaseSlow: () => void = () => undefined;
+/** Called when the upstream holds a `/slow` request (its tunnel stream is then open). */
+let slowArrived: () => void = () => undefined;
 
 test.before(async () => {
   upstream = await startHttp1Upstream((req, res) => {
@@ -22,6 +24,7 @@ test.before(async () => {
       releaseSlow = () => res.end('slow done');
       res.writeHead(200);
       res.write('slow;');
+      slowArrived();
       return;
     }
     res.end('ok');
@@ -85,8 +88,13 @@ test.serial('gateway drain: agents are told to move, the in-flight request finis
     const agent = await env.startAgent({ clusterId: 'c1', routes: routes(), gateways: [a.address, b.address] });
     await agent.waitForConnections(4);
     const token = await env.token(['c1']);
+    const arrived = new Promise<void>((resolve) => {
+      slowArrived = resolve;
+    });
     const slow = h1Request(a.address, env.pki.trustBundlePem, { cluster: 'c1', token, path: '/slow' });
-    while (a.tunnels.all().every((x) => x.activeStreams === 0)) await new Promise((resolve) => setTimeout(resolve, 5));
+    // Wait for the upstream to hold the request (an event, where an unbounded poll was before).
+    await Promise.race([arrived, slow.then((r) => Promise.reject(new Error(`the slow request was answered ${r.status} before reaching the upstream`)))]);
+    t.true(a.tunnels.all().some((x) => x.activeStreams > 0), 'the slow request is in flight through a tunnel of the draining replica');
     const drained = a.drain(5_000);
     // New requests at the other replica keep working during the drain.
     const during = await h1Request(b.address, env.pki.trustBundlePem, { cluster: 'c1', token });
