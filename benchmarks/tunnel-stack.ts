@@ -7,7 +7,7 @@
  *
  * CONFIG.json (written 0600 by the benchmark into its temp folder) holds the certificates and
  * addresses. The gateway listens on loopback (TLS for agents, cleartext HTTP/1.1 + h2c for
- * clients, auth mode `none`); the agent dials it. Each sends `{ type: 'ready', ... }` on the IPC
+ * clients; bearer JWTs checked against `auth` when given, else auth mode `none`); the agent dials it. Each sends `{ type: 'ready', ... }` on the IPC
  * channel, answers `{ type: 'memory' }` (after a full GC when `--expose-gc` is on) and exits when
  * the channel closes or on SIGTERM. With `TETHER_BENCH_SNAPSHOT_DIR` set, each memory reading also
  * writes a heap snapshot there (compare two to see what an idle WebSocket holds).
@@ -33,6 +33,8 @@ export interface StackConfig {
   /** Agent only: concurrent streams per tunnel connection (the idle-WebSocket test needs > 1000). */
   maxConcurrentStreams?: number;
   connectionsPerGateway?: number;
+  /** Gateway only: the issuer whose ES256 tokens clients present (as a deployment would run it). */
+  auth?: { issuer: string; audience: string; jwks: { keys: Array<Record<string, unknown>> } };
 }
 
 export type StackMessage =
@@ -58,7 +60,7 @@ async function main(): Promise<void> {
       plainListen: { host: '127.0.0.1', port: 0 },
       clusters: [config.clusterId],
       trustDomain: config.trustDomain,
-      auth: { mode: 'none' },
+      auth: config.auth === undefined ? { mode: 'none' } : { mode: 'jwt', issuers: [{ issuer: config.auth.issuer, audiences: [config.auth.audience], jwks: config.auth.jwks, algorithms: ['ES256'] }] },
       drainGraceMs: 0,
       logger,
     });

@@ -32,6 +32,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { CertificateAuthority } from '../certs/index.js';
+import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 import type { MinimalRelayMessage } from './tunnel-minimal-relay.js';
 import { DOWNLOAD_BYTES_TOTAL, formatTable, targetChecks, type PathName, type Rows } from './tunnel-report.js';
 import { TOOL_PACKAGES, download, h2load, wrk, type H2loadResult, type LoadTarget, type WrkResult } from './tunnel-load.js';
@@ -103,8 +104,10 @@ interface Stack {
   plainUrl: string;
 }
 
-async function startStack(processes: Processes, dir: string, config: StackConfig, profileDir: string | null, tag: string): Promise<Stack> {
-  const nodeArgs = (role: string): string[] => ['--expose-gc', ...(profileDir === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${tag}-${role}.cpuprofile`])];
+async function startStack(processes: Processes, dir: string, config: StackConfig, profileDir: string | null, tag: string, requestHeaders: Record<string, string>): Promise<Stack> {
+  // One folder per process and Node's own file names: the module-loader thread writes a profile of
+  // its own, and a fixed --cpu-prof-name would let it overwrite the main thread's.
+  const nodeArgs = (role: string): string[] => ['--expose-gc', ...(profileDir === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, `${tag}-${role}`)}`])];
   const gatewayFile = join(dir, `${tag}-gateway.json`);
   await writeFile(gatewayFile, JSON.stringify(config), { mode: 0o600 });
   const gateway = processes.spawnNode(`gateway (${tag})`, 'tunnel-stack.ts', ['gateway', gatewayFile], nodeArgs('gateway'));
@@ -113,8 +116,18 @@ async function startStack(processes: Processes, dir: string, config: StackConfig
   await writeFile(agentFile, JSON.stringify({ ...config, gatewayAddress: gatewayReady.address }), { mode: 0o600 });
   const agent = processes.spawnNode(`agent (${tag})`, 'tunnel-stack.ts', ['agent', agentFile], nodeArgs('agent'));
   await nextMessage(agent, ofType<Extract<StackMessage, { type: 'ready'; role: 'agent' }>>('ready'), 30_000, 'agent ready');
-  await waitForTunnel(gatewayReady.plainUrl);
+  await waitForTunnel(gatewayReady.plainUrl, requestHeaders);
   return { gateway, agent, plainUrl: gatewayReady.plainUrl };
+}
+
+/** An ES256 issuer for the benchmark's clients and one token (valid for two hours) naming the cluster. */
+async function clientToken(): Promise<{ token: string; auth: NonNullable<StackConfig['auth']> }> {
+  const { publicKey, privateKey } = await generateKeyPair('ES256');
+  const jwk = { ...(await exportJWK(publicKey)), kid: 'bench', alg: 'ES256', use: 'sig' };
+  const issuer = 'https://issuer.bench.tether';
+  const audience = 'tether-gateway';
+  const token = await new SignJWT({ clusters: [CLUSTER] }).setProtectedHeader({ alg: 'ES256', kid: 'bench' }).setIssuer(issuer).setAudience(audience).setSubject('bench-client').setIssuedAt().setExpirationTime('2h').sign(privateKey);
+  return { token, auth: { issuer, audience, jwks: { keys: [jwk] } } };
 }
 
 /** The minimal Node relay (tunnel-minimal-relay.ts): its gateway, then its agent, then a request through it. */
@@ -127,17 +140,17 @@ async function startMinimalRelay(processes: Processes, dir: string, config: Stac
   await writeFile(agentFile, JSON.stringify({ ...config, gatewayAddress: ready.address }), { mode: 0o600 });
   const agent = processes.spawnNode('minimal relay agent', 'tunnel-minimal-relay.ts', ['agent', agentFile]);
   await nextMessage(agent, ofType<Extract<MinimalRelayMessage, { type: 'ready'; role: 'agent' }>>('ready'), 30_000, 'minimal relay agent ready');
-  await waitForTunnel(ready.plainUrl);
+  await waitForTunnel(ready.plainUrl, {});
   return { stack: { gateway, agent, plainUrl: ready.plainUrl }, h2cUrl: ready.h2cUrl };
 }
 
 /** The gateway registers a tunnel once the agent's SETTINGS arrive: wait until a request goes through. */
-async function waitForTunnel(plainUrl: string): Promise<void> {
+async function waitForTunnel(plainUrl: string, requestHeaders: Record<string, string>): Promise<void> {
   const deadline = Date.now() + 10_000;
   let last = '';
   while (Date.now() < deadline) {
     try {
-      const response = await fetch(`${plainUrl}/1k`, { headers: { 'tether-cluster': CLUSTER } });
+      const response = await fetch(`${plainUrl}/1k`, { headers: { 'tether-cluster': CLUSTER, ...requestHeaders } });
       const body = await response.arrayBuffer();
       if (response.status === 200 && body.byteLength === 1024) return;
       last = `status ${response.status}, ${body.byteLength} bytes, ${response.headers.get('tether-error') ?? ''}`;
@@ -193,7 +206,11 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
     const ca = await CertificateAuthority.create({ trustDomain: TRUST_DOMAIN });
     const serverCert = await ca.issueServer({ dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
     const agentCert = await ca.issueWorkload({ clusterId: CLUSTER, agentId: 'bench-agent' });
+    // Clients present a bearer JWT the gateway verifies (ES256, a local key set), as deployed; the
+    // other paths ignore the header.
+    const client = await clientToken();
     const stackConfig: StackConfig = {
+      auth: client.auth,
       trustDomain: TRUST_DOMAIN,
       clusterId: CLUSTER,
       ca: ca.trustBundlePem(),
@@ -208,8 +225,9 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
     if (profileDir !== null) await mkdir(profileDir, { recursive: true });
 
     const paths: Paths = { http: {}, h2c: {} };
-    // Every path gets the same request headers (the tunnel needs the cluster header for routing).
-    const headers = [CLUSTER_HEADER];
+    // Every path gets the same request headers (the tunnel needs the cluster header for routing and
+    // the token for authentication).
+    const headers = [CLUSTER_HEADER, `authorization: Bearer ${client.token}`];
     if (settings.paths.has('direct')) {
       paths.http.direct = { base: `http://127.0.0.1:${ports.http}`, headers };
       paths.h2c.direct = { base: `http://127.0.0.1:${ports.h2c}`, headers, path: '/1k' };
@@ -218,7 +236,7 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
     let stack: Stack | null = null;
     const loadTests = [...settings.loads].some((l) => l !== 'websocket');
     if (settings.paths.has('tether') && loadTests) {
-      stack = await startStack(processes, dir, stackConfig, profileDir, 'load');
+      stack = await startStack(processes, dir, stackConfig, profileDir, 'load', { authorization: `Bearer ${client.token}` });
       log(`tether gateway at ${stack.plainUrl} (agent: 2 tunnel connections)`);
       paths.http.tether = { base: stack.plainUrl, headers };
       paths.h2c.tether = { base: stack.plainUrl, headers, path: '/h2/1k' };
@@ -329,7 +347,7 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
     if (settings.loads.has('websocket') && settings.paths.has('tether')) {
       const runs: Array<Record<string, unknown>> = [];
       for (let run = 0; run < settings.websocketRuns; run++) {
-        runs.push(await idleWebSockets(processes, dir, { ...stackConfig, maxConcurrentStreams: settings.websockets + 100 }, settings.websockets, profileDir, upstream));
+        runs.push(await idleWebSockets(processes, dir, { ...stackConfig, maxConcurrentStreams: settings.websockets + 100 }, settings.websockets, profileDir, upstream, client.token));
       }
       const total = (r: Record<string, unknown>): number => (r.kibPerSocket as { total: number }).total;
       const sorted = [...runs].sort((a, b) => total(a) - total(b));
@@ -351,7 +369,7 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
         wrk: ['-t2 -c64 --latency', '-t1 -c1 --latency'],
         h2load: '-c64 -m10 -t1 (h2c prior knowledge)',
         sshCipher: 'aes128-gcm@openssh.com',
-        tunnel: 'gateway and agent in separate processes, 2 tunnel connections, default windows (4 MiB stream, 64 MiB connection)',
+        tunnel: 'gateway and agent in separate processes, 2 tunnel connections, default windows (4 MiB stream, 64 MiB connection), clients authenticated by an ES256 bearer JWT (verified-token cache on, the default)',
       },
       loadAverage,
       wallSeconds: Math.round((Date.now() - started) / 1000),
@@ -372,18 +390,18 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
 }
 
 /** RSS of fresh gateway and agent processes before and after `count` idle WebSockets through them. */
-async function idleWebSockets(processes: Processes, dir: string, config: StackConfig, count: number, profileDir: string | null, upstream: Tracked): Promise<Record<string, unknown>> {
-  const stack = await startStack(processes, dir, config, profileDir, 'websocket');
+async function idleWebSockets(processes: Processes, dir: string, config: StackConfig, count: number, profileDir: string | null, upstream: Tracked, token: string): Promise<Record<string, unknown>> {
+  const stack = await startStack(processes, dir, config, profileDir, 'websocket', { authorization: `Bearer ${token}` });
   try {
     // Warm up the code paths (JIT, parsers, pools) so the baseline is not an empty process.
-    const warm = processes.spawnNode('websocket warm-up', 'tunnel-ws-clients.ts', [stack.plainUrl, '200', CLUSTER_HEADER]);
+    const warm = processes.spawnNode('websocket warm-up', 'tunnel-ws-clients.ts', [stack.plainUrl, '200', CLUSTER_HEADER, `authorization: Bearer ${token}`]);
     const warmed = await nextMessage(warm, ofType<Extract<WsClientsMessage, { type: 'opened' }>>('opened'), 60_000, 'warm-up WebSockets');
     if (warmed.failed > 0) throw new Error(`warm-up WebSockets failed: ${String(warmed.firstError)}`);
     await processes.stop(warm);
     await new Promise((resolve) => setTimeout(resolve, 1_000));
     const before = { gateway: await memory(stack.gateway), agent: await memory(stack.agent) };
     log(`idle WebSockets: baseline RSS gateway ${mib(before.gateway.rss)}, agent ${mib(before.agent.rss)}; opening ${count}`);
-    const clients = processes.spawnNode('websocket clients', 'tunnel-ws-clients.ts', [stack.plainUrl, String(count), CLUSTER_HEADER]);
+    const clients = processes.spawnNode('websocket clients', 'tunnel-ws-clients.ts', [stack.plainUrl, String(count), CLUSTER_HEADER, `authorization: Bearer ${token}`]);
     const opened = await nextMessage(clients, ofType<Extract<WsClientsMessage, { type: 'opened' }>>('opened'), 300_000, `${count} WebSockets`);
     upstream.child.send({ type: 'count' });
     const atUpstream = await nextMessage(upstream, ofType<{ type: 'count'; webSockets: number }>('count'), 10_000, 'upstream WebSocket count');

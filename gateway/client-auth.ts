@@ -6,6 +6,7 @@
 import { createLocalJWKSet, createRemoteJWKSet, decodeJwt, jwtVerify, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import { TetherError } from '../common/errors.js';
 import type { GatewayConfig } from './options.js';
+import { DEFAULT_TOKEN_CACHE, VerifiedTokenCache } from './verified-token-cache.js';
 
 export interface ClientIdentity {
   subject: string;
@@ -37,9 +38,12 @@ interface IssuerVerifier {
 export class ClientAuthenticator {
   private readonly issuers = new Map<string, IssuerVerifier>();
   readonly anonymous: boolean;
+  /** Tokens verified before (see verified-token-cache.ts for why a hit is safe). */
+  readonly cache: VerifiedTokenCache<ClientIdentity>;
 
   constructor(config: GatewayConfig['auth']) {
     this.anonymous = config.mode === 'none';
+    this.cache = new VerifiedTokenCache(config.mode === 'jwt' ? config.tokenCache : DEFAULT_TOKEN_CACHE);
     if (config.mode !== 'jwt') return;
     for (const issuer of config.issuers) {
       const keys =
@@ -61,6 +65,9 @@ export class ClientAuthenticator {
     const match = /^Bearer\s+([A-Za-z0-9_\-.~+/]+=*)$/i.exec(authorization ?? '');
     if (match === null) throw new TetherError('UNAUTHENTICATED', 'a bearer token is required');
     const token = match[1] as string;
+    const key = this.cache.keyOf(token);
+    const cached = this.cache.get(key);
+    if (cached !== undefined) return cached;
     let iss: string | undefined;
     try {
       iss = decodeJwt(token).iss;
@@ -77,7 +84,10 @@ export class ClientAuthenticator {
         clockTolerance: verifier.clockToleranceSec,
         requiredClaims: ['exp', 'sub'],
       });
-      return { subject: payload.sub ?? '', issuer: iss, claims: payload };
+      // One identity object per verified token: requests share it, so nobody may change it.
+      const identity: ClientIdentity = Object.freeze({ subject: payload.sub ?? '', issuer: iss, claims: Object.freeze(payload) });
+      this.cache.set(key, identity, payload.exp);
+      return identity;
     } catch (reason) {
       throw new TetherError('UNAUTHENTICATED', `the bearer token was refused: ${(reason as { code?: string }).code ?? 'invalid'}`, { cause: reason });
     }

@@ -51,10 +51,10 @@ export class Gateway implements Closable {
     const { tls, authorizer, checkAgent, logger, registry, ...rest } = options;
     this.config = parseOptions(gatewayOptionsSchema, rest, 'gateway');
     this.logger = logger ?? createLogger('gateway');
-    this.metrics = new GatewayMetrics(registry ?? createRegistry({ defaultLabels: { component: 'gateway', instance: this.config.id } }));
+    const auth = new ClientAuthenticator(this.config.auth);
+    this.metrics = new GatewayMetrics(registry ?? createRegistry({ defaultLabels: { component: 'gateway', instance: this.config.id } }), () => auth.cache);
     this.revoked = new Set(this.config.revokedSerials.map((s) => s.toLowerCase()));
     this.replicaList = this.config.replicas;
-    const auth = new ClientAuthenticator(this.config.auth);
     const authorize = authorizer ?? claimAuthorizer(this.config.auth.mode === 'jwt' ? this.config.auth.clustersClaim : 'clusters');
     const allow: Authorizer = this.config.auth.mode === 'none' && authorizer === undefined ? () => true : authorize;
     const proxy = (this.proxy = new ClientProxy(this.config, this.tunnels, auth, allow, this.metrics, this.logger));

@@ -11,8 +11,10 @@ export class GatewayMetrics {
   readonly pingRtt: Histogram;
   readonly bytes: Counter<'direction'>;
   readonly streamRetries: Counter;
+  readonly tokenCache: Counter<'result'>;
 
-  constructor(readonly registry: Registry) {
+  /** `tokenCacheStats`: the authenticator's verified-token cache counts, read at scrape time. */
+  constructor(readonly registry: Registry, tokenCacheStats: () => { hits: number; misses: number } = () => ({ hits: 0, misses: 0 })) {
     const registers = [registry];
     this.tunnelConnections = new Gauge({ name: 'tether_gateway_tunnel_connections', help: 'Live agent tunnel connections on this replica, per cluster.', labelNames: ['cluster'], registers });
     this.handshakes = new Counter({ name: 'tether_gateway_tunnel_handshakes_total', help: 'Agent tunnel handshakes by result and refusal reason.', labelNames: ['result', 'reason'], registers });
@@ -22,6 +24,18 @@ export class GatewayMetrics {
     this.streamSetup = new Histogram({ name: 'tether_gateway_stream_setup_seconds', help: 'Time from opening the tunnel stream to its response headers.', labelNames: ['protocol'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers });
     this.pingRtt = new Histogram({ name: 'tether_gateway_ping_rtt_seconds', help: 'HTTP/2 PING round-trip time to agents.', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], registers });
     this.bytes = new Counter({ name: 'tether_gateway_bytes_total', help: 'Body bytes carried, by direction (to_agent, to_client).', labelNames: ['direction'], registers });
+    this.tokenCache = new Counter({
+      name: 'tether_gateway_token_cache_lookups_total',
+      help: 'Bearer tokens looked up in the verified-token cache, by result (hit: no signature check needed).',
+      labelNames: ['result'],
+      registers,
+      collect() {
+        const { hits, misses } = tokenCacheStats();
+        this.reset();
+        this.inc({ result: 'hit' }, hits);
+        this.inc({ result: 'miss' }, misses);
+      },
+    });
     this.streamRetries = new Counter({ name: 'tether_gateway_stream_retries_total', help: 'Requests re-sent on another tunnel connection after a refused stream.', registers });
   }
 }
