@@ -1,8 +1,12 @@
 /**
- * The gateway's one client port: TLS with ALPN choosing `h2`, `http/1.1` or `tether-tunnel/1`
+ * The gateway's client port: TLS with ALPN choosing `h2`, `http/1.1` or `tether-tunnel/1`
  * (agents), and optionally a cleartext port for local use where the connection preface decides
  * between h2c (prior knowledge) and HTTP/1.1. The HTTP servers below never listen themselves; this
  * class hands them the sockets.
+ *
+ * With `agentListen` set, agents get a TLS port of their own (ALPN `tether-tunnel/1` only) and the
+ * client port stops asking for client certificates: Node cannot ask for one by ALPN, and a browser
+ * asked for a certificate prompts its user when any is installed.
  */
 import * as http from 'node:http';
 import * as http2 from 'node:http2';
@@ -27,6 +31,8 @@ export class FrontDoor {
   private readonly h1: http.Server;
   private readonly h2: http2.Http2Server;
   private readonly tlsServer: tls.Server;
+  /** The agents' own port, when `agentListen` is set. */
+  private readonly agentServer: tls.Server | null = null;
   private plainServer: net.Server | null = null;
   private readonly sockets = new Set<Socket>();
   /**
@@ -100,13 +106,21 @@ export class FrontDoor {
       proxy.handleHttp2(stream, headers, flags);
     });
 
+    const agentsApart = config.agentListen !== undefined;
+    const tunnel = (socket: TLSSocket): void => {
+      if (socket.getProtocol() !== 'TLSv1.3') {
+        socket.destroy();
+        return;
+      }
+      onTunnel(socket);
+    };
     this.tlsServer = tls.createServer({
       key: serverTls.key,
       cert: serverTls.cert,
       ca: serverTls.ca,
-      requestCert: true,
+      requestCert: !agentsApart,
       rejectUnauthorized: false,
-      ALPNProtocols: ['h2', 'http/1.1', TUNNEL_ALPN],
+      ALPNProtocols: agentsApart ? ['h2', 'http/1.1'] : ['h2', 'http/1.1', TUNNEL_ALPN],
       handshakeTimeout: 10_000,
       noDelay: true,
     });
@@ -115,19 +129,37 @@ export class FrontDoor {
     this.tlsServer.on('secureConnection', (socket: TLSSocket) => {
       this.track(socket);
       socket.on('error', () => undefined);
-      if (socket.alpnProtocol === TUNNEL_ALPN) {
-        if (socket.getProtocol() !== 'TLSv1.3') {
-          socket.destroy();
-          return;
-        }
-        onTunnel(socket);
-      } else if (socket.alpnProtocol === 'h2') this.h2.emit('connection', socket);
+      if (socket.alpnProtocol === TUNNEL_ALPN) tunnel(socket);
+      else if (socket.alpnProtocol === 'h2') this.h2.emit('connection', socket);
       else {
         this.h1Sockets.add(socket);
         this.h1.emit('connection', socket);
       }
     });
     this.tlsServer.on('tlsClientError', (reason: unknown) => logger.debug({ err: reason }, 'TLS handshake failed'));
+    if (agentsApart) {
+      const agents = (this.agentServer = tls.createServer({
+        key: serverTls.key,
+        cert: serverTls.cert,
+        ca: serverTls.ca,
+        requestCert: true,
+        rejectUnauthorized: false,
+        minVersion: 'TLSv1.3',
+        ALPNProtocols: [TUNNEL_ALPN],
+        handshakeTimeout: 10_000,
+        noDelay: true,
+      }));
+      agents.on('connection', (socket: Socket) => this.track(socket));
+      agents.on('secureConnection', (socket: TLSSocket) => {
+        this.track(socket);
+        socket.on('error', () => undefined);
+        // A client without the tunnel ALPN gets no protocol here (OpenSSL refuses the handshake
+        // with no_application_protocol only when the client offered ALPN at all).
+        if (socket.alpnProtocol !== TUNNEL_ALPN) socket.destroy();
+        else tunnel(socket);
+      });
+      agents.on('tlsClientError', (reason: unknown) => logger.debug({ err: reason }, 'agent TLS handshake failed'));
+    }
   }
 
   /**
@@ -175,11 +207,17 @@ export class FrontDoor {
   /** Renewed server certificate or trust bundle: applies to new connections. */
   updateTls(serverTls: ServerTls): void {
     this.tlsServer.setSecureContext({ key: serverTls.key, cert: serverTls.cert, ca: serverTls.ca });
+    this.agentServer?.setSecureContext({ key: serverTls.key, cert: serverTls.cert, ca: serverTls.ca });
   }
 
-  async listen(): Promise<{ tls: AddressInfo; plain: AddressInfo | null }> {
+  async listen(): Promise<{ tls: AddressInfo; plain: AddressInfo | null; agents: AddressInfo | null }> {
     const tlsAddress = await listenOn(this.tlsServer, this.config.listen.host, this.config.listen.port);
     this.listening.add(this.tlsServer);
+    let agents: AddressInfo | null = null;
+    if (this.agentServer !== null && this.config.agentListen !== undefined) {
+      agents = await listenOn(this.agentServer, this.config.agentListen.host, this.config.agentListen.port);
+      this.listening.add(this.agentServer);
+    }
     let plain: AddressInfo | null = null;
     if (this.config.plainListen !== undefined) {
       // noDelay: the HTTP servers get these sockets by 'connection' events, so their own
@@ -206,7 +244,7 @@ export class FrontDoor {
       plain = await listenOn(server, this.config.plainListen.host, this.config.plainListen.port);
       this.listening.add(server);
     }
-    return { tls: tlsAddress, plain };
+    return { tls: tlsAddress, plain, agents };
   }
 
   /**

@@ -45,6 +45,7 @@ export class Gateway implements Closable {
   private admin: AdminServer | null = null;
   private tlsAddress: AddressInfo | null = null;
   private plainAddr: AddressInfo | null = null;
+  private agentAddr: AddressInfo | null = null;
   private replicaList: ReplicaInfo[];
 
   constructor(options: GatewayOptions) {
@@ -83,20 +84,26 @@ export class Gateway implements Closable {
   }
 
   async start(): Promise<void> {
-    const { tls, plain } = await this.frontDoor.listen();
+    const { tls, plain, agents } = await this.frontDoor.listen();
     this.tlsAddress = tls;
     this.plainAddr = plain;
+    this.agentAddr = agents;
     if (this.config.admin !== undefined) {
       this.admin = new AdminServer({ registry: this.registry, readiness: () => this.readiness(), ...this.config.admin });
       await this.admin.listen();
     }
-    this.logger.info({ id: this.config.id, tls: this.address, plain: this.plainUrl }, 'gateway listening');
+    this.logger.info({ id: this.config.id, tls: this.address, agents: this.agentAddress, plain: this.plainUrl }, 'gateway listening');
   }
 
-  /** `host:port` of the TLS port (clients and agents). */
+  /** `host:port` of the TLS port (clients, and agents unless they have a port of their own). */
   get address(): string {
     if (this.tlsAddress === null) throw new TetherError('NOT_STARTED', 'gateway is not listening');
     return formatAddress(this.tlsAddress);
+  }
+
+  /** `host:port` agents dial: the agent port when `agentListen` is set, else the TLS port. */
+  get agentAddress(): string {
+    return this.agentAddr === null ? this.address : formatAddress(this.agentAddr);
   }
 
   get url(): string {
@@ -112,7 +119,7 @@ export class Gateway implements Closable {
   }
 
   replicas(): ReplicaInfo[] {
-    const self: ReplicaInfo = { id: this.config.id, address: this.config.advertiseAddress ?? (this.tlsAddress === null ? '' : formatAddress(this.tlsAddress)) };
+    const self: ReplicaInfo = { id: this.config.id, address: this.config.advertiseAddress ?? (this.tlsAddress === null ? '' : this.agentAddress) };
     return [self, ...this.replicaList.filter((r) => r.id !== self.id)];
   }
 

@@ -22,11 +22,16 @@ const issuer = z
 
 export const gatewayOptionsSchema = z.object({
   id: z.string().min(1).default(() => `gw-${process.pid}-${Math.random().toString(36).slice(2, 8)}`),
-  /** TLS port: clients (ALPN h2, http/1.1) and agents (ALPN tether-tunnel/1). */
+  /** TLS port: clients (ALPN h2, http/1.1) and, unless `agentListen` is set, agents (ALPN tether-tunnel/1). */
   listen: address.prefault({}),
+  /**
+   * A TLS port for agents alone (ALPN tether-tunnel/1, client certificates required). When set,
+   * `listen` serves clients only and stops asking them for certificates (browsers may prompt).
+   */
+  agentListen: address.optional(),
   /** Optional cleartext port for local use: HTTP/1.1 and h2c prior knowledge. */
   plainListen: address.optional(),
-  /** `host:port` agents should dial to reach this replica (default: the TLS listen address). */
+  /** `host:port` agents should dial to reach this replica (default: the agent port's address, else the TLS port's). */
   advertiseAddress: z.string().optional(),
   /** The other replicas, announced to agents on the control stream. */
   replicas: z.array(z.object({ id: z.string(), address: z.string() })).default([]),

@@ -85,7 +85,7 @@ export async function startTunnelEnv(options: TunnelEnvOptions = {}): Promise<Tu
     const { clusterId = 'c1', agentId = 'a1', cert, ...rest } = extra;
     const material = cert ?? (await pki.agentCert({ clusterId, agentId }));
     const agent = new Agent({
-      gateways: gateways.map((g) => g.address),
+      gateways: gateways.map((g) => g.agentAddress),
       serverName: 'localhost',
       tls: { key: material.key, cert: material.cert, ca: pki.trustBundlePem },
       logger: silentLogger(),
