@@ -252,7 +252,7 @@ export class FrontDoor {
    * `Connection: close`. Open HTTP/1.1 connections are not closed here: a request may already be on
    * its way on one (a keep-alive client sent it just before the drain began; it got 503 NO_TUNNEL
    * once the drain had closed the tunnels). They close after their next response, when the client
-   * closes them, or at `keepAliveTimeout`; the drain waits for them within its grace period.
+   * closes them, or at `keepAliveTimeout`; the drain waits for them (see `keepAliveTimeoutMs`).
    */
   stopAccepting(): Promise<void> {
     this.draining = true;
@@ -260,6 +260,14 @@ export class FrontDoor {
     this.listening.clear();
     for (const session of this.sessions) session.close();
     return Promise.all(closed).then(() => undefined);
+  }
+
+  /**
+   * How long an idle HTTP/1.1 connection stays open. A request sent on one before a drain began
+   * arrives well within it; after it the connection would have been closed anyway.
+   */
+  get keepAliveTimeoutMs(): number {
+    return this.h1.keepAliveTimeout;
   }
 
   /** Client connections still open that may carry a request: HTTP/2 sessions and HTTP/1.1 connections (tunnels excluded). */

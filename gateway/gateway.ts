@@ -174,9 +174,12 @@ export class Gateway implements Closable {
     const deadline = Date.now() + graceMs;
     this.acceptor.announceDrain(this.config.agentRetryAfterMs);
     const stopped = this.frontDoor.stopAccepting();
-    // Also wait for open client connections: a request may still arrive on one (see
-    // FrontDoor.stopAccepting), and closing the tunnels first answered it 503 NO_TUNNEL.
-    while ((this.inFlight() > 0 || this.frontDoor.openClientConnections > 0) && Date.now() < deadline) {
+    // Also wait for open client connections, up to the keep-alive timeout: a request may still
+    // arrive on one (see FrontDoor.stopAccepting), and closing the tunnels first answered it 503
+    // NO_TUNNEL.
+    const connectionsDeadline = Math.min(deadline, Date.now() + this.frontDoor.keepAliveTimeoutMs);
+    const busy = (): boolean => this.inFlight() > 0 || (this.frontDoor.openClientConnections > 0 && Date.now() < connectionsDeadline);
+    while (busy() && Date.now() < deadline) {
       await new Promise<void>((resolve) => setTimeout(resolve, 25));
     }
     await this.acceptor.closeAll(Math.max(0, deadline - Date.now()));
