@@ -31,18 +31,23 @@ export interface AgentOptions extends AgentConfigInput {
   registry?: Registry;
 }
 
-/** What `agent.events` emits: `live`, `closed`, `refused` and `failed`, each with an `AgentEvent`. */
+/**
+ * What `agent.events` emits: `live`, `closed`, `refused` and `failed`, each with an `AgentEvent`,
+ * and `retry` (with `delayMs`) when a connection slot waits before dialing again.
+ */
 export interface AgentEvent {
   address: string;
   gatewayId: string | null;
   /** The refusal or failure code (`CERT_EXPIRED`, `CLUSTER_NOT_REGISTERED`, `TUNNEL_PING_TIMEOUT`, …). */
   code?: string;
+  /** `retry` only: how long the slot waits before the next dial (backoff, or the gateway's retry-after spread by jitter). */
+  delayMs?: number;
 }
 
 export class Agent implements Closable {
   readonly config: AgentConfig;
   /** Connection lifecycle events, for operators' hooks and tests. */
-  readonly events = new EventEmitter<Record<'live' | 'closed' | 'refused' | 'failed', [AgentEvent]>>();
+  readonly events = new EventEmitter<Record<'live' | 'closed' | 'refused' | 'failed' | 'retry', [AgentEvent]>>();
   readonly metrics: AgentMetrics;
   private tls: TlsMaterial;
   private readonly logger: Logger;
@@ -215,6 +220,11 @@ export class Agent implements Closable {
     this.metrics.reconnects.inc();
   }
 
+  /** @internal for Slot */
+  retryScheduled(slot: Slot, delayMs: number): void {
+    this.events.emit('retry', { address: slot.address, gatewayId: slot.connection?.gatewayId ?? null, delayMs });
+  }
+
   /** Tell gateways to stop sending new streams, finish in-flight ones within `graceMs`, then stop. */
   private draining: Promise<void> | null = null;
 
@@ -284,7 +294,9 @@ class Slot {
         await connection.closed;
       }
       if (this.stopped) break;
-      await this.sleep(this.backoff.next());
+      const delayMs = this.backoff.next();
+      this.agent.retryScheduled(this, delayMs);
+      await this.sleep(delayMs);
     }
   }
 

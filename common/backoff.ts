@@ -2,7 +2,9 @@
  * Jittered exponential backoff, with the discipline of grpc-js's BackoffTimeout: start at
  * `initialDelayMs`, multiply by `multiplier` up to `maxDelayMs`, spread each delay by ±`jitter`,
  * and reset only after real progress. A server-sent retry delay (`retryAfterMs`) takes precedence
- * for the next attempt when it is longer.
+ * for the next attempt when it is longer, spread upwards by `jitter` (never below the server's
+ * minimum): every agent of a restarted gateway gets the same retry-after, and without the spread
+ * they would all come back in the same millisecond.
  */
 export interface BackoffOptions {
   /** First delay, ms. Default 1000. */
@@ -57,7 +59,8 @@ export class Backoff {
     const delay = Math.max(0, Math.min(maxDelayMs, base + spread));
     const floor = this.retryAfterMs;
     this.retryAfterMs = 0;
-    return Math.round(Math.max(delay, floor));
+    if (floor > delay) return Math.round(Math.min(maxDelayMs, floor * (1 + jitter * random())));
+    return Math.round(delay);
   }
 
   /** Honour a server-sent retry delay for the next attempt. */

@@ -32,6 +32,20 @@ test('jitter spreads delays of many clients (no thundering herd)', (t) => {
   t.true(delays.size > 25, `only ${delays.size} distinct delays out of 50`);
 });
 
+test('a server-sent retry delay is spread upwards by jitter, never below it, so clients told the same delay do not return together', (t) => {
+  const delays: number[] = [];
+  for (let i = 0; i < 50; i++) {
+    const backoff = new Backoff({ initialDelayMs: 50, jitter: 0.2 });
+    backoff.setRetryAfter(1000);
+    delays.push(backoff.next());
+  }
+  t.true(delays.every((d) => d >= 1000 && d <= 1200), `out of [1000, 1200]: ${delays.join(', ')}`);
+  t.true(new Set(delays).size > 25, `only ${new Set(delays).size} distinct delays out of 50`);
+  const capped = new Backoff({ initialDelayMs: 50, maxDelayMs: 1000, jitter: 0.2, random: () => 0.99 });
+  capped.setRetryAfter(1000);
+  t.is(capped.next(), 1000, 'the spread stays within maxDelayMs');
+});
+
 test('impossible options are refused', (t) => {
   t.throws(() => new Backoff({ multiplier: 0.5 }), { message: /multiplier/ });
   t.throws(() => new Backoff({ initialDelayMs: 10, maxDelayMs: 5 }), { message: /maxDelayMs/ });

@@ -198,9 +198,11 @@ test.serial('50 agents reconnecting at once after a gateway restart are spread b
     const port = Number(env.gateway.address.split(':')[1]);
     const liveAt: number[] = [];
     const refused: string[] = [];
+    const firstDelay: number[] = [];
     for (const agent of agents) {
       agent.events.on('live', () => liveAt.push(Date.now()));
       agent.events.on('refused', (e: AgentEvent) => refused.push(e.code ?? '?'));
+      agent.events.once('retry', (e: AgentEvent) => firstDelay.push(e.delayMs ?? -1));
     }
     await env.gateway.close();
     env.gateways.length = 0;
@@ -211,7 +213,14 @@ test.serial('50 agents reconnecting at once after a gateway restart are spread b
     t.log(`reconnects spread over ${offsets[0]}…${offsets[offsets.length - 1]} ms after the restart`);
     t.deepEqual(refused, []);
     t.is(gateway.tunnels.count('c1'), 50);
-    t.true((offsets[offsets.length - 1] ?? 0) - (offsets[0] ?? 0) >= 100, 'jitter spreads the herd');
+    t.true((offsets[offsets.length - 1] ?? 0) - (offsets[0] ?? 0) >= 100, 'the herd is spread');
+    // The closing gateway told every agent the same retry-after; jitter (0.5 here) spreads it
+    // upwards, so the agents did not all dial again in the same millisecond.
+    const retryAfter = env.gateway.config.agentRetryAfterMs;
+    t.is(firstDelay.length, 50);
+    t.true(firstDelay.every((d) => d >= retryAfter && d <= retryAfter * 1.5), `first delays within [${retryAfter}, ${retryAfter * 1.5}]: ${firstDelay.join(', ')}`);
+    t.true(new Set(firstDelay).size > 25, `${new Set(firstDelay).size} distinct first delays of 50`);
+    t.true(Math.max(...firstDelay) - Math.min(...firstDelay) >= retryAfter * 0.25, 'jitter spreads the first retry');
   } finally {
     await env.close();
   }
