@@ -17,6 +17,7 @@ import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../common/log.js';
 import type { GatewayMetrics } from './metrics.js';
 import type { GatewayConfig } from './options.js';
+import { HeaderDeadlines } from './header-deadlines.js';
 import { httpReason, type ClientProxy } from './proxy.js';
 import { H_ERROR, TUNNEL_ALPN, statusOf } from './tunnel/index.js';
 
@@ -41,6 +42,8 @@ export class FrontDoor {
    * http.Server listens, and this one never does, so the front door counts them itself.
    */
   private readonly h1Sockets = new Set<Socket>();
+  /** Node's headersTimeout needs a listening server; these deadlines stand in for it (slow-header clients). */
+  private readonly headerDeadlines: HeaderDeadlines;
   private draining = false;
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly listening = new Set<net.Server>();
@@ -56,15 +59,26 @@ export class FrontDoor {
     onTunnel: (socket: TLSSocket) => void,
   ) {
     const limits = config.limits;
-    this.h1 = http.createServer({ maxHeaderSize: limits.maxClientHeaderBytes, requestTimeout: 0, headersTimeout: 30_000, keepAliveTimeout: 5_000 });
+    this.h1 = http.createServer({ maxHeaderSize: limits.maxClientHeaderBytes, requestTimeout: 0, headersTimeout: config.clientHeadersTimeoutMs, keepAliveTimeout: 5_000 });
+    this.headerDeadlines = new HeaderDeadlines(config.clientHeadersTimeoutMs, (socket) => this.headersTimedOut(socket));
+    const deadlines = this.headerDeadlines;
     this.h1.on('request', (req, res) => {
       // A request that reaches a draining gateway on an open connection is served (its tunnels
       // stay up while client connections are open), and its connection closes after the response.
       if (this.draining) res.setHeader('connection', 'close');
+      const socket = req.socket;
+      deadlines.requestStarted(socket);
+      res.once('finish', () => deadlines.requestFinished(socket));
       proxy.handleHttp1(req, res);
     });
-    this.h1.on('upgrade', (req, socket: Socket, head: Buffer) => proxy.handleHttp1Upgrade(req, socket, head));
-    this.h1.on('connect', (req, socket: Socket, head: Buffer) => proxy.handleHttp1Connect(req, socket, head));
+    this.h1.on('upgrade', (req, socket: Socket, head: Buffer) => {
+      deadlines.forget(socket);
+      proxy.handleHttp1Upgrade(req, socket, head);
+    });
+    this.h1.on('connect', (req, socket: Socket, head: Buffer) => {
+      deadlines.forget(socket);
+      proxy.handleHttp1Connect(req, socket, head);
+    });
     this.h1.on('clientError', (error: Error & { code?: string }, socket: Socket) => this.clientError(error, socket));
 
     this.h2 = http2.createServer({
@@ -133,6 +147,7 @@ export class FrontDoor {
       else if (socket.alpnProtocol === 'h2') this.h2.emit('connection', socket);
       else {
         this.h1Sockets.add(socket);
+        this.headerDeadlines.opened(socket);
         this.h1.emit('connection', socket);
       }
     });
@@ -188,7 +203,18 @@ export class FrontDoor {
     socket.once('close', () => {
       this.sockets.delete(socket);
       this.h1Sockets.delete(socket);
+      this.headerDeadlines.forget(socket);
     });
+  }
+
+  /** A client that did not complete a request head in time: 408, then the connection closes. */
+  private headersTimedOut(socket: Socket): void {
+    if (socket.destroyed || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    // The client may never read or close: once the answer is flushed, the socket goes.
+    this.endWithError(socket, 'HEADERS_TIMEOUT', `no complete request head within ${this.config.clientHeadersTimeoutMs} ms`, () => socket.destroy());
   }
 
   private clientError(error: Error & { code?: string }, socket: Socket): void {
@@ -197,11 +223,15 @@ export class FrontDoor {
       socket.destroy();
       return;
     }
+    this.endWithError(socket, code, error.message);
+  }
+
+  /** Answer on a raw HTTP/1.1 socket with the code's status and `tether-error`, count it, close. */
+  private endWithError(socket: Socket, code: string, message: string, then?: () => void): void {
     this.metrics.errors.inc({ code });
-    const body = `${code}: ${error.message}\n`;
-    socket.end(
-      `HTTP/1.1 ${statusOf(code)} ${httpReason(statusOf(code))}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${H_ERROR}: ${code}\r\nconnection: close\r\n\r\n${body}`,
-    );
+    const body = `${code}: ${message}\n`;
+    const head = `HTTP/1.1 ${statusOf(code)} ${httpReason(statusOf(code))}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${H_ERROR}: ${code}\r\nconnection: close\r\n\r\n`;
+    socket.end(`${head}${body}`, then);
   }
 
   /** Renewed server certificate or trust bundle: applies to new connections. */
@@ -236,6 +266,7 @@ export class FrontDoor {
             return;
           }
           this.h1Sockets.add(socket);
+          this.headerDeadlines.opened(socket);
           this.h1.emit('connection', socket);
           socket.resume();
         });
@@ -278,6 +309,7 @@ export class FrontDoor {
   destroyAll(): void {
     for (const session of this.sessions) session.destroy();
     this.stopReaper();
+    this.headerDeadlines.close();
     for (const socket of this.sockets) socket.destroy();
     this.h1.closeAllConnections();
   }

@@ -78,6 +78,8 @@ export const gatewayOptionsSchema = z.object({
     })
     .refine((l) => l.connectionWindowBytes > l.streamWindowBytes, { message: 'connectionWindowBytes must exceed streamWindowBytes' })
     .prefault({}),
+  /** An HTTP/1.1 client connection gets this long to send a complete request head (408 HEADERS_TIMEOUT after it). */
+  clientHeadersTimeoutMs: z.number().int().min(1).default(30_000),
   /** An HTTP/2 client session with no activity for this long is closed. */
   clientIdleTimeoutMs: z.number().int().min(1).default(120_000),
   /** Time allowed for response headers to come back through the tunnel (504 after it). */

@@ -27,6 +27,8 @@ export const TunnelCodes = {
   BODY_TOO_LARGE: 413,
   /** The request header block exceeds the configured limit. */
   HEADERS_TOO_LARGE: 431,
+  /** An HTTP/1.1 client did not complete a request head within `clientHeadersTimeoutMs`. */
+  HEADERS_TIMEOUT: 408,
   /** Malformed request (bad HTTP/1.1 framing, bad CONNECT target, …). */
   BAD_REQUEST: 400,
   /** The agent has no route for the request path. */
