@@ -16,7 +16,7 @@ import type { Duplex } from 'node:stream';
 import http2wrapper from 'http2-wrapper';
 import { TetherError, getErrorCode } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
-import { H_ERROR, filterHeaders, filterResponseHeaders, statusOf } from '../gateway/tunnel/index.js';
+import { H_ERROR, filterHeaders, filterResponseHeaders, relay, statusOf, type ByteCounter } from '../gateway/tunnel/index.js';
 import type { AgentMetrics, StreamProtocol } from './metrics.js';
 import type { Route, RouteTable } from './routes.js';
 import type { StreamRouting } from './router/stream-routing.js';
@@ -54,13 +54,9 @@ export function handleTunnelStream(stream: ServerHttp2Stream, headers: IncomingH
   active.inc();
   stream.on('close', () => active.dec());
   stream.on('error', ignoreError);
-  if (stream.endAfterHeaders) {
-    // Nothing to read but the end; consume it so the stream can close.
-    stream.resume();
-  } else {
-    const toUpstream = bytesCounters(ctx.metrics).toUpstream;
-    stream.on('data', (chunk: Buffer) => toUpstream.inc(chunk.length));
-  }
+  // Nothing to read but the end: consume it so the stream can close. A body is read by the relay
+  // to the upstream (which counts it), or discarded by fail().
+  if (stream.endAfterHeaders) stream.resume();
   const started = process.hrtime.bigint();
   const setupDone = (): void => {
     ctx.metrics.upstreamSetup.observe({ protocol: kind }, Number(process.hrtime.bigint() - started) / 1e9);
@@ -99,6 +95,9 @@ function wantsTrailers(headers: IncomingHttpHeaders): boolean {
 export function fail(stream: ServerHttp2Stream, ctx: StreamContext, code: string, message: string): void {
   ctx.metrics.upstreamErrors.inc({ code });
   if (stream.destroyed || stream.closed) return;
+  // Whatever of the request body is still coming is read and dropped, so the stream can close
+  // (a relay to a failed upstream may have paused it).
+  stream.resume();
   if (stream.headersSent) {
     stream.close(NGHTTP2_INTERNAL_ERROR);
     return;
@@ -124,7 +123,7 @@ function upstreamPath(route: Route, path: string): string {
 /** Labelled children of the byte counter, resolved once per metrics instance (no label hashing per chunk). */
 const byteCounters = new WeakMap<AgentMetrics, { toGateway: { inc(value: number): void }; toUpstream: { inc(value: number): void } }>();
 
-function bytesCounters(metrics: AgentMetrics): { toGateway: { inc(value: number): void }; toUpstream: { inc(value: number): void } } {
+export function bytesCounters(metrics: AgentMetrics): { toGateway: { inc(value: number): void }; toUpstream: { inc(value: number): void } } {
   let counters = byteCounters.get(metrics);
   if (counters === undefined) {
     counters = { toGateway: metrics.bytes.labels({ direction: 'to_gateway' }), toUpstream: metrics.bytes.labels({ direction: 'to_upstream' }) };
@@ -154,10 +153,6 @@ function activeStreams(metrics: AgentMetrics, kind: StreamProtocol): { inc(): vo
   return gauge;
 }
 
-function countToGateway(source: NodeJS.ReadableStream, ctx: StreamContext): void {
-  const counter = bytesCounters(ctx.metrics).toGateway;
-  source.on('data', (chunk: Buffer) => counter.inc(chunk.length));
-}
 
 function forwardHttp1(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: Route, ctx: StreamContext, setupDone: () => void): void {
   const outHeaders = filterHeaders(headers, { dropTe: true });
@@ -218,8 +213,7 @@ function relayHttp1(stream: ServerHttp2Stream, req: http.ClientRequest, trailers
     const withTrailers = trailers && res.headers.trailer !== undefined;
     stream.respond({ ':status': res.statusCode ?? 502, ...filterResponseHeaders(res.headers) }, { waitForTrailers: withTrailers });
     if (withTrailers) stream.once('wantTrailers', () => stream.sendTrailers(filterResponseHeaders(res.trailers)));
-    countToGateway(res, ctx);
-    res.pipe(stream);
+    relay(res, stream, bytesCounters(ctx.metrics).toGateway);
     res.on('error', () => {
       if (!stream.closed) stream.close(NGHTTP2_INTERNAL_ERROR);
     });
@@ -233,7 +227,7 @@ function relayHttp1(stream: ServerHttp2Stream, req: http.ClientRequest, trailers
   });
   // A bodyless request (END_STREAM on the HEADERS frame) needs no pipe, only the end.
   if (stream.endAfterHeaders) req.end();
-  else stream.pipe(req);
+  else relay(stream, req, bytesCounters(ctx.metrics).toUpstream);
 }
 
 function forwardH2c(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: Route, ctx: StreamContext, setupDone: () => void): void {
@@ -281,10 +275,7 @@ function forwardH2c(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, rou
         else stream.close();
       });
     }
-    if (!endStream) {
-      countToGateway(upstream, ctx);
-      upstream.pipe(stream);
-    }
+    if (!endStream) relay(upstream, stream, bytesCounters(ctx.metrics).toGateway);
   });
   upstream.on('trailers', (trailers: IncomingHttpHeaders) => {
     upstreamTrailers = trailers;
@@ -304,7 +295,7 @@ function forwardH2c(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, rou
     clearTimeout(timer);
     if (!upstream.closed) upstream.close(http2.constants.NGHTTP2_CANCEL);
   });
-  if (!stream.endAfterHeaders) stream.pipe(upstream);
+  if (!stream.endAfterHeaders) relay(stream, upstream, bytesCounters(ctx.metrics).toUpstream);
 }
 
 /**
@@ -369,15 +360,14 @@ function forwardWebSocket(stream: ServerHttp2Stream, headers: IncomingHttpHeader
     // The pool's idle timer has no meaning for an upgraded socket (nothing acts on it): drop it.
     if (socket instanceof net.Socket) socket.setTimeout(0);
     if (head.length > 0) stream.write(head);
-    countToGateway(socket, ctx);
-    splice(stream, socket);
+    splice(stream, socket, bytesCounters(ctx.metrics));
   });
   req.on('response', (res: IncomingMessage) => {
     clearTimeout(timer);
     settled = true;
     if (stream.destroyed) return void res.destroy();
     stream.respond({ ':status': res.statusCode ?? 502, ...filterResponseHeaders(res.headers) });
-    res.pipe(stream);
+    relay(res, stream, bytesCounters(ctx.metrics).toGateway);
   });
   req.on('error', (reason: unknown) => {
     clearTimeout(timer);
@@ -411,8 +401,7 @@ function forwardTcp(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ctx
     connected = true;
     if (stream.destroyed) return void socket.destroy();
     stream.respond({ ':status': 200 });
-    countToGateway(socket, ctx);
-    splice(stream, socket);
+    splice(stream, socket, bytesCounters(ctx.metrics));
   });
   socket.once('error', (reason: unknown) => {
     clearTimeout(timer);
@@ -424,8 +413,11 @@ function forwardTcp(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ctx
   });
 }
 
-/** Pipe two duplexes into each other; either one's error or close tears down both. */
-export function splice(a: Duplex, b: Duplex): void {
+/**
+ * Pipe a tunnel stream and an upstream socket into each other, counting both directions; either
+ * one's error or close tears down both.
+ */
+export function splice(a: Duplex, b: Duplex, counters: { toUpstream: ByteCounter; toGateway: ByteCounter }): void {
   let done = false;
   const teardown = (): void => {
     if (done) return;
@@ -437,18 +429,6 @@ export function splice(a: Duplex, b: Duplex): void {
   b.on('error', teardown);
   a.on('close', teardown);
   b.on('close', teardown);
-  relay(a, b);
-  relay(b, a);
-}
-
-/**
- * `from.pipe(to)` reduced to what a spliced pair needs (errors and close are handled by `splice`):
- * three listeners instead of pipe's eight, which matters for thousands of idle WebSockets.
- */
-function relay(from: Duplex, to: Duplex): void {
-  from.on('data', (chunk: Buffer) => {
-    if (!to.write(chunk)) from.pause();
-  });
-  to.on('drain', () => from.resume());
-  from.on('end', () => to.end());
+  relay(a, b, counters.toUpstream);
+  relay(b, a, counters.toGateway);
 }

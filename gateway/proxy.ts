@@ -27,7 +27,9 @@ import {
   filterHeaders,
   filterResponseHeaders,
   headerListSize,
+  relay,
   statusOf,
+  type ByteCounter,
 } from './tunnel/index.js';
 
 const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM, NGHTTP2_FLAG_END_STREAM } = http2.constants;
@@ -66,6 +68,7 @@ interface ClientSide {
   /** Request body source (or the client's byte stream for WebSocket/CONNECT); null when bodyless. */
   body: Readable | null;
   respondError(code: string, message: string, extra?: OutgoingHttpHeaders): void;
+  /** Relay the response to the client, counting its body bytes in `bytesToClient`. */
   onResponse(tunnelStream: ClientHttp2Stream, headers: IncomingHttpHeaders, flags: number): void;
   /** Tear the client side down after the response started. */
   abort(): void;
@@ -85,8 +88,8 @@ export class RequestRejected extends Error {
 export class ClientProxy {
   /** The `tether-identity` value per verified identity, computed once (identities are reused per token). */
   private readonly identityHeaders = new WeakMap<ClientIdentity, string>();
-  private readonly bytesToClient: { inc(value: number): void };
-  private readonly bytesToAgent: { inc(value: number): void };
+  private readonly bytesToClient: ByteCounter;
+  private readonly bytesToAgent: ByteCounter;
 
   constructor(
     private readonly config: GatewayConfig,
@@ -228,8 +231,6 @@ export class ClientProxy {
       const code = responseHeaders[H_ERROR];
       if (typeof code === 'string') this.metrics.errors.inc({ code });
       if (gone) return;
-      const toClient = this.bytesToClient;
-      stream.on('data', (chunk: Buffer) => toClient.inc(chunk.length));
       client.onResponse(stream, responseHeaders, flags);
     });
     stream.on('close', () => {
@@ -327,7 +328,7 @@ export class ClientProxy {
         stream.on('trailers', (trailers: IncomingHttpHeaders) => {
           if (res.getHeader('content-length') === undefined) res.addTrailers(filterResponseHeaders(trailers) as Record<string, string>);
         });
-        pipeCorked(stream, res);
+        pipeCorked(stream, res, this.bytesToClient);
       },
       abort: () => res.destroy(),
       onGone: (callback) =>
@@ -354,7 +355,7 @@ export class ClientProxy {
       raw.error('BAD_REQUEST', 'only WebSocket upgrades are supported');
       return;
     }
-    const client = webSocketClient(socket, key, raw);
+    const client = webSocketClient(socket, key, raw, this.bytesToClient);
     const path = req.url ?? '/';
     const remote = req.socket.remoteAddress;
     this.admit(headers, headers.host).then(
@@ -381,13 +382,9 @@ export class ClientProxy {
       respondError: (code, message, extra) => raw.error(code, message, extra),
       onResponse: (stream, responseHeaders) => {
         const status = Number(responseHeaders[':status'] ?? 502);
-        if (status !== 200) {
-          raw.head(status, filterResponseHeaders(responseHeaders));
-          stream.pipe(socket);
-          return;
-        }
-        socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
-        stream.pipe(socket);
+        if (status !== 200) raw.head(status, filterResponseHeaders(responseHeaders));
+        else socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+        relay(stream, socket, this.bytesToClient);
       },
       abort: () => socket.destroy(),
       onGone: (callback) => socket.on('close', callback),
@@ -439,7 +436,7 @@ export class ClientProxy {
             else stream.close();
           });
         }
-        if (!endStream) tunnelStream.pipe(stream);
+        if (!endStream) relay(tunnelStream, stream, this.bytesToClient);
       },
       abort: () => {
         if (!stream.closed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
@@ -468,14 +465,6 @@ export class ClientProxy {
   }
 }
 
-/** `from.pipe(to)` for a long-lived byte stream, with three listeners instead of pipe's eight. */
-function relay(from: Readable, to: Duplex): void {
-  from.on('data', (chunk: Buffer) => {
-    if (!to.write(chunk)) from.pause();
-  });
-  to.on('drain', () => from.resume());
-  from.on('end', () => to.end());
-}
 
 /**
  * `source.pipe(res)`, but the writes of one tick go out in one syscall: the tunnel delivers a
@@ -484,10 +473,10 @@ function relay(from: Readable, to: Duplex): void {
  * (cork and uncork on the same socket object, which may move on to the next keep-alive response).
  * Backpressure as with pipe: pause on a full buffer, resume on drain.
  */
-function pipeCorked(source: Readable, res: ServerResponse): void {
+function pipeCorked(source: Readable, res: ServerResponse, counter: ByteCounter): void {
   const socket = res.socket;
   if (socket === null) {
-    source.pipe(res);
+    relay(source, res, counter);
     return;
   }
   let corked = false;
@@ -499,6 +488,7 @@ function pipeCorked(source: Readable, res: ServerResponse): void {
     source.resume();
   };
   const onData = (chunk: Buffer): void => {
+    counter.inc(chunk.length);
     if (!corked) {
       corked = true;
       socket.cork();
@@ -525,7 +515,7 @@ function pipeCorked(source: Readable, res: ServerResponse): void {
  * The client side of an HTTP/1.1 WebSocket upgrade. Built apart from the request handler so that
  * its closures (alive as long as the WebSocket) hold the socket, not the request and its headers.
  */
-function webSocketClient(socket: Duplex, key: string, raw: ReturnType<typeof rawResponder>): ClientSide {
+function webSocketClient(socket: Duplex, key: string, raw: ReturnType<typeof rawResponder>, toClient: ByteCounter): ClientSide {
   const client: ClientSide = {
     kind: 'websocket',
     body: socket,
@@ -534,7 +524,7 @@ function webSocketClient(socket: Duplex, key: string, raw: ReturnType<typeof raw
       const status = Number(responseHeaders[':status'] ?? 502);
       if (status !== 200) {
         raw.head(status, filterResponseHeaders(responseHeaders));
-        stream.pipe(socket);
+        relay(stream, socket, toClient);
         return;
       }
       const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64');
@@ -544,7 +534,7 @@ function webSocketClient(socket: Duplex, key: string, raw: ReturnType<typeof raw
         if (typeof value === 'string') lines.push(`${name}: ${value}`);
       }
       socket.write(`${lines.join('\r\n')}\r\n\r\n`);
-      relay(stream, socket);
+      relay(stream, socket, toClient);
     },
     abort: () => socket.destroy(),
     onGone: (callback) => socket.on('close', callback),

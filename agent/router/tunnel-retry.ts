@@ -13,9 +13,9 @@ import * as http2 from 'node:http2';
 import type { ClientHttp2Session, IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import type { Readable } from 'node:stream';
 import { TetherError, getErrorCode, getErrorMessage } from '../../common/errors.js';
-import { filterHeaders, filterResponseHeaders } from '../../gateway/tunnel/index.js';
+import { filterHeaders, filterResponseHeaders, relay as relayBytes } from '../../gateway/tunnel/index.js';
 import type { Route } from '../routes.js';
-import { fail, type StreamContext } from '../stream-handler.js';
+import { bytesCounters, fail, type StreamContext } from '../stream-handler.js';
 import type { StreamRoute } from './stream-routing.js';
 
 const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_REFUSED_STREAM, NGHTTP2_FLAG_END_STREAM } = http2.constants;
@@ -126,14 +126,13 @@ function relay(stream: ServerHttp2Stream, response: UpstreamResponse, ctx: Strea
   const broken = (): void => {
     if (!stream.closed) stream.close(NGHTTP2_INTERNAL_ERROR);
   };
-  response.body.on('data', (chunk: Buffer) => ctx.metrics.bytes.inc({ direction: 'to_gateway' }, chunk.length));
   response.body.once('end', () => (complete = true));
   response.body.on('error', broken);
   response.body.on('aborted', broken);
   stream.once('close', () => {
     if (!complete) response.discard();
   });
-  response.body.pipe(stream);
+  relayBytes(response.body, stream, bytesCounters(ctx.metrics).toGateway);
 }
 
 function wantsTrailers(headers: IncomingHttpHeaders): boolean {

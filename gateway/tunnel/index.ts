@@ -3,3 +3,4 @@ export * from './protocol.js';
 export * from './control.js';
 export * from './codes.js';
 export { PingKeeper, type LivenessOptions } from './liveness.js';
+export { relay, type ByteCounter } from './relay.js';
