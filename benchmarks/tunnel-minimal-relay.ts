@@ -9,19 +9,25 @@
  * gateway becomes the HTTP/2 client on that socket (`http2.connect` + `createConnection`), the agent
  * the HTTP/2 server (`http2.performServerHandshake`), with the tunnel's own window settings. One
  * client request is one HTTP/2 stream; the agent forwards it over a keep-alive HTTP/1.1 pool (or
- * one h2c session for `/h2/`). Nothing else: no authentication, routing table, header rewriting,
+ * one h2c session for `/h2/`), and a WebSocket as extended CONNECT to an HTTP/1.1 Upgrade, each
+ * with plain `pipe`. Nothing else: no authentication, routing table, header rewriting,
  * limits, timeouts, retries, metrics, logging, drain or error answers, and no tuning (plain
  * `pipe`, no corking). It exists only to measure what Node's `http`/`http2` machinery costs on two
  * hops, so that the tether column can be read against what a Node implementation of this design
  * pays before doing any of its work. Never use it for anything else.
  */
+import { createHash, randomBytes } from 'node:crypto';
 import * as http from 'node:http';
 import * as http2 from 'node:http2';
 import { readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
 import { DEFAULT_TUNNEL_LIMITS, TUNNEL_ALPN, filterHeaders, filterResponseHeaders, tunnelSettings } from '../gateway/tunnel/index.js';
+import { answerMemoryRequests } from './tunnel-memory.js';
 import type { StackConfig } from './tunnel-stack.js';
+
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
 export type MinimalRelayMessage =
   | { type: 'ready'; role: 'gateway'; plainUrl: string; h2cUrl: string; address: string; pid: number }
@@ -65,6 +71,28 @@ async function gateway(config: StackConfig): Promise<MinimalRelayMessage> {
     else req.pipe(stream);
   });
   h1.on('connection', (socket) => socket.setNoDelay(true));
+  // WebSocket: HTTP/1.1 Upgrade from the client, RFC 8441 extended CONNECT on the tunnel.
+  h1.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on('error', () => undefined);
+    const session = pick();
+    const key = req.headers['sec-websocket-key'];
+    if (session === undefined || typeof key !== 'string') {
+      socket.destroy();
+      return;
+    }
+    const headers = { ...filterHeaders(req.headers), ':method': 'CONNECT', ':protocol': 'websocket', ':path': req.url ?? '/', ':authority': req.headers.host ?? 'agent', ':scheme': 'https' };
+    delete headers['sec-websocket-key'];
+    const stream = session.request(headers);
+    stream.on('error', () => socket.destroy());
+    stream.on('response', (responseHeaders) => {
+      if (responseHeaders[':status'] !== 200) return void socket.destroy();
+      const accept = createHash('sha1').update(`${key}${WS_GUID}`).digest('base64');
+      socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+      if (head.length > 0) stream.write(head);
+      socket.pipe(stream);
+      stream.pipe(socket);
+    });
+  });
   const h2c = http2.createServer({ settings: { maxConcurrentStreams: 1000, initialWindowSize: DEFAULT_TUNNEL_LIMITS.streamWindowBytes } });
   h2c.on('stream', (client, headers, flags) => {
     client.on('error', () => undefined);
@@ -105,11 +133,26 @@ async function agent(config: StackConfig): Promise<MinimalRelayMessage> {
       new Promise((resolve, reject) => {
         const socket = tls.connect({ host, port: Number(port), servername: 'localhost', ...config.agentTls, ca: config.ca, minVersion: 'TLSv1.3', ALPNProtocols: [TUNNEL_ALPN] }, () => {
           socket.setNoDelay(true);
-          const session = http2.performServerHandshake(socket, { settings: tunnelSettings(DEFAULT_TUNNEL_LIMITS, true) });
+          const session = http2.performServerHandshake(socket, { settings: tunnelSettings({ ...DEFAULT_TUNNEL_LIMITS, maxConcurrentStreams: config.maxConcurrentStreams ?? DEFAULT_TUNNEL_LIMITS.maxConcurrentStreams }, true) });
           session.on('error', () => undefined);
           session.on('stream', (stream, headers) => {
             stream.on('error', () => undefined);
             const path = headers[':path'] ?? '/';
+            if (headers[':method'] === 'CONNECT' && headers[':protocol'] === 'websocket') {
+              const req = http.request({ host: h1Upstream.hostname, port: Number(h1Upstream.port), path, headers: { ...filterHeaders(headers), host: headers[':authority'], connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': randomBytes(16).toString('base64') } });
+              req.on('error', () => {
+                if (!stream.closed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+              });
+              req.on('upgrade', (_res, upstreamSocket: Duplex) => {
+                upstreamSocket.on('error', () => stream.destroy());
+                stream.on('close', () => upstreamSocket.destroy());
+                stream.respond({ ':status': 200 });
+                stream.pipe(upstreamSocket);
+                upstreamSocket.pipe(stream);
+              });
+              req.end();
+              return;
+            }
             if (h2Upstream !== null && h2Route !== undefined && path.startsWith(h2Route.prefix)) {
               const up = h2Upstream.request({ ...filterHeaders(headers), ':method': headers[':method'], ':path': path.slice(h2Route.prefix.length - 1), ':authority': headers[':authority'], ':scheme': 'http' }, { endStream: stream.endAfterHeaders });
               up.on('error', () => {
@@ -152,6 +195,7 @@ async function main(): Promise<void> {
   // The benchmark stops its children with SIGTERM or by closing the IPC channel.
   process.once('disconnect', () => process.exit(0));
   process.once('SIGTERM', () => process.exit(0));
+  answerMemoryRequests(`minimal-${role}`);
   process.send?.(ready);
 }
 

@@ -65,7 +65,7 @@ function meets(better: 'higher' | 'lower', v: number, reference: number): boolea
   return better === 'higher' ? v >= reference : v <= reference;
 }
 
-function websocketKib(websocket: Record<string, unknown> | null): { total: number | null; gateway: number | null; agent: number | null } {
+function websocketKib(websocket: Record<string, unknown> | null | undefined): { total: number | null; gateway: number | null; agent: number | null } {
   const per = websocket?.kibPerSocket as Record<string, unknown> | undefined;
   const n = (k: string): number | null => (typeof per?.[k] === 'number' && Number.isFinite(per[k]) ? (per[k] as number) : null);
   return { total: n('total'), gateway: n('gateway'), agent: n('agent') };
@@ -101,9 +101,15 @@ export function formatTable(rows: Rows, websocket: Record<string, unknown> | nul
   if (kib.total !== null) {
     const met = kib.total <= WEBSOCKET_KIB_TARGET;
     const opened = String(websocket?.opened ?? '?');
+    const minimal = websocketKib(websocket?.minimal as Record<string, unknown> | undefined);
     out.push(
-      `| KiB RSS per idle WebSocket (${opened} open; gateway ${fmt(kib.gateway, 1)} + agent ${fmt(kib.agent, 1)}) | – | ${fmt(kib.total, 1)} | – | – | – | – | – | ${met ? 'met' : '**not met**'} (≤ ${WEBSOCKET_KIB_TARGET}) |`,
+      `| KiB RSS per idle WebSocket, settled (${opened} open ${String(websocket?.settleSeconds ?? '?')} s; tether: gateway ${fmt(kib.gateway, 1)} + agent ${fmt(kib.agent, 1)}) | – | ${fmt(kib.total, 1)} | ${fmt(minimal.total, 1)} | – | – | – | – | ${met ? 'met' : '**not met**'} (≤ ${WEBSOCKET_KIB_TARGET}) |`,
     );
+    const early = (w: Record<string, unknown> | null | undefined): number | null => {
+      const at2s = w?.kibPerSocketAt2s as { total?: number } | undefined;
+      return typeof at2s?.total === 'number' ? at2s.total : null;
+    };
+    out.push(`| KiB RSS per idle WebSocket, 2 s after opening | – | ${fmt(early(websocket), 1)} | ${fmt(early(websocket?.minimal as Record<string, unknown> | undefined), 1)} | – | – | – | – |  |`);
   }
   const errors: string[] = [];
   for (const [load, byPath] of Object.entries(rows)) {

@@ -8,17 +8,15 @@
  * CONFIG.json (written 0600 by the benchmark into its temp folder) holds the certificates and
  * addresses. The gateway listens on loopback (TLS for agents, cleartext HTTP/1.1 + h2c for
  * clients; bearer JWTs checked against `auth` when given, else auth mode `none`); the agent dials it. Each sends `{ type: 'ready', ... }` on the IPC
- * channel, answers `{ type: 'memory' }` (after a full GC when `--expose-gc` is on) and exits when
- * the channel closes or on SIGTERM. With `TETHER_BENCH_SNAPSHOT_DIR` set, each memory reading also
- * writes a heap snapshot there (compare two to see what an idle WebSocket holds).
+ * channel, answers `{ type: 'memory' }` (tunnel-memory.ts) and exits when the channel closes or on
+ * SIGTERM.
  */
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { getHeapSpaceStatistics, writeHeapSnapshot } from 'node:v8';
 import { Agent } from '../agent/index.js';
 import type { Closable } from '../common/lifecycle.js';
 import { silentLogger } from '../common/log.js';
 import { Gateway } from '../gateway/index.js';
+import { answerMemoryRequests, type MemoryMessage } from './tunnel-memory.js';
 
 export interface StackConfig {
   trustDomain: string;
@@ -40,7 +38,7 @@ export interface StackConfig {
 export type StackMessage =
   | { type: 'ready'; role: 'gateway'; plainUrl: string; address: string; pid: number }
   | { type: 'ready'; role: 'agent'; connections: number; pid: number }
-  | { type: 'memory'; rss: number; heapUsed: number; external: number; arrayBuffers: number; newSpaceCommitted: number; heapCommitted: number }
+  | MemoryMessage
   | { type: 'error'; message: string };
 
 async function main(): Promise<void> {
@@ -95,17 +93,7 @@ async function main(): Promise<void> {
   };
   process.once('disconnect', stop);
   process.once('SIGTERM', stop);
-  process.on('message', (message: { type?: string }) => {
-    if (message.type !== 'memory') return;
-    const gc = (globalThis as { gc?: () => void }).gc;
-    gc?.();
-    const snapshots = process.env.TETHER_BENCH_SNAPSHOT_DIR;
-    if (snapshots !== undefined) writeHeapSnapshot(join(snapshots, `${role}-${Date.now()}.heapsnapshot`));
-    const usage = process.memoryUsage();
-    const spaces = getHeapSpaceStatistics();
-    const newSpaceCommitted = spaces.find((space) => space.space_name === 'new_space')?.space_size ?? 0;
-    send({ type: 'memory', rss: usage.rss, heapUsed: usage.heapUsed, external: usage.external, arrayBuffers: usage.arrayBuffers, newSpaceCommitted, heapCommitted: usage.heapTotal });
-  });
+  answerMemoryRequests(role);
   send(ready);
 }
 

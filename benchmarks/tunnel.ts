@@ -15,7 +15,8 @@
  * Loads: `wrk -t2 -c64` and `wrk -t1 -c1` on a 1 KiB response (requests/s, p50, p99), `h2load
  * -c64 -m10` (requests/s), a 256 MiB download with curl (MB/s, median of runs); and the RSS of the
  * gateway and agent processes per idle WebSocket with 10,000 open through them (fresh processes,
- * a GC before each reading). The upstream, the gateway, the agent and each load generator are
+ * a GC before each reading; read 2 s after opening and again after 15 s idle, when the heap has
+ * settled: the target is checked on the settled reading, both are reported). The upstream, the gateway, the agent and each load generator are
  * separate processes; every load has a time bound; every child is killed at the end, also on error.
  *
  * Options: `--duration=S` (10), `--warmup=S` (2), `--downloads=N` (3), `--websockets=N` (10000), `--websocket-runs=N` (3, median reported),
@@ -45,6 +46,8 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const TRUST_DOMAIN = 'bench.tether';
 const CLUSTER = 'bench';
 const CLUSTER_HEADER = `tether-cluster: ${CLUSTER}`;
+/** How long idle WebSockets are held before the steady-state memory reading. */
+const SETTLE_MS = 15_000;
 const LOADS = ['wrk64', 'wrk1', 'h2load', 'download', 'websocket'] as const;
 type Load = (typeof LOADS)[number];
 
@@ -345,13 +348,17 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
 
     let websocket: Record<string, unknown> | null = null;
     if (settings.loads.has('websocket') && settings.paths.has('tether')) {
-      const runs: Array<Record<string, unknown>> = [];
-      for (let run = 0; run < settings.websocketRuns; run++) {
-        runs.push(await idleWebSockets(processes, dir, { ...stackConfig, maxConcurrentStreams: settings.websockets + 100 }, settings.websockets, profileDir, upstream, client.token));
-      }
-      const total = (r: Record<string, unknown>): number => (r.kibPerSocket as { total: number }).total;
-      const sorted = [...runs].sort((a, b) => total(a) - total(b));
-      websocket = { ...sorted[Math.floor((sorted.length - 1) / 2)], runs: runs.map((r) => r.kibPerSocket) };
+      const config = { ...stackConfig, maxConcurrentStreams: settings.websockets + 100 };
+      const measure = async (start: () => Promise<Stack>): Promise<Record<string, unknown>> => {
+        const runs: Array<Record<string, unknown>> = [];
+        for (let run = 0; run < settings.websocketRuns; run++) runs.push(await idleWebSockets(processes, start, settings.websockets, upstream, client.token, config.maxConcurrentStreams));
+        const total = (r: Record<string, unknown>): number => (r.kibPerSocket as { total: number }).total;
+        const sorted = [...runs].sort((a, b) => total(a) - total(b));
+        return { ...sorted[Math.floor((sorted.length - 1) / 2)], runs: runs.map((r) => ({ settled: r.kibPerSocket, at2s: r.kibPerSocketAt2s })) };
+      };
+      websocket = await measure(() => startStack(processes, dir, config, profileDir, 'websocket', { authorization: `Bearer ${client.token}` }));
+      // The same through the minimal Node relay: what Node's HTTP/2 and sockets alone hold.
+      if (settings.paths.has('minimal')) websocket.minimal = await measure(async () => (await startMinimalRelay(processes, dir, config)).stack);
     }
 
     for (const line of skipped) log(`SKIPPED ${line}`);
@@ -390,8 +397,8 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
 }
 
 /** RSS of fresh gateway and agent processes before and after `count` idle WebSockets through them. */
-async function idleWebSockets(processes: Processes, dir: string, config: StackConfig, count: number, profileDir: string | null, upstream: Tracked, token: string): Promise<Record<string, unknown>> {
-  const stack = await startStack(processes, dir, config, profileDir, 'websocket', { authorization: `Bearer ${token}` });
+async function idleWebSockets(processes: Processes, start: () => Promise<Stack>, count: number, upstream: Tracked, token: string, maxConcurrentStreams: number): Promise<Record<string, unknown>> {
+  const stack = await start();
   try {
     // Warm up the code paths (JIT, parsers, pools) so the baseline is not an empty process.
     const warm = processes.spawnNode('websocket warm-up', 'tunnel-ws-clients.ts', [stack.plainUrl, '200', CLUSTER_HEADER, `authorization: Bearer ${token}`]);
@@ -405,10 +412,16 @@ async function idleWebSockets(processes: Processes, dir: string, config: StackCo
     const opened = await nextMessage(clients, ofType<Extract<WsClientsMessage, { type: 'opened' }>>('opened'), 300_000, `${count} WebSockets`);
     upstream.child.send({ type: 'count' });
     const atUpstream = await nextMessage(upstream, ofType<{ type: 'count'; webSockets: number }>('count'), 10_000, 'upstream WebSocket count');
+    // Two readings: 2 s after the last one opened (the heap still holds the garbage of the opening
+    // burst, in pages V8 has not compacted yet) and after SETTLE_MS idle, when V8's memory reducer
+    // has had its chance: the steady state of idle connections, which the target is checked on.
     await new Promise((resolve) => setTimeout(resolve, 2_000));
+    const early = { gateway: await memory(stack.gateway), agent: await memory(stack.agent) };
+    await new Promise((resolve) => setTimeout(resolve, SETTLE_MS - 2_000));
     const after = { gateway: await memory(stack.gateway), agent: await memory(stack.agent) };
     const perSocket = (bytes: number): number => (opened.ok > 0 ? Math.round((bytes / opened.ok / 1024) * 10) / 10 : NaN);
-    const delta = (field: 'rss' | 'heapUsed' | 'external' | 'arrayBuffers' | 'newSpaceCommitted' | 'heapCommitted', who: 'gateway' | 'agent'): number => after[who][field] - before[who][field];
+    type Field = 'rss' | 'heapUsed' | 'external' | 'arrayBuffers' | 'newSpaceCommitted' | 'heapCommitted';
+    const delta = (field: Field, who: 'gateway' | 'agent', at = after): number => at[who][field] - before[who][field];
     const result = {
       requested: count,
       opened: opened.ok,
@@ -416,6 +429,7 @@ async function idleWebSockets(processes: Processes, dir: string, config: StackCo
       firstError: opened.firstError,
       openSeconds: Math.round(opened.ms / 100) / 10,
       heldAtUpstream: atUpstream.webSockets,
+      settleSeconds: SETTLE_MS / 1000,
       rssBeforeMiB: { gateway: toMiB(before.gateway.rss), agent: toMiB(before.agent.rss) },
       rssAfterMiB: { gateway: toMiB(after.gateway.rss), agent: toMiB(after.agent.rss) },
       kibPerSocket: {
@@ -423,12 +437,22 @@ async function idleWebSockets(processes: Processes, dir: string, config: StackCo
         agent: perSocket(delta('rss', 'agent')),
         total: perSocket(delta('rss', 'gateway') + delta('rss', 'agent')),
       },
+      /** The same 2 s after opening, before the heap settled. */
+      kibPerSocketAt2s: {
+        gateway: perSocket(delta('rss', 'gateway', early)),
+        agent: perSocket(delta('rss', 'agent', early)),
+        total: perSocket(delta('rss', 'gateway', early) + delta('rss', 'agent', early)),
+      },
       /** Of which on the JS heap (after a full GC), and in external memory (Buffers and the like). */
       heapKibPerSocket: { gateway: perSocket(delta('heapUsed', 'gateway')), agent: perSocket(delta('heapUsed', 'agent')) },
       externalKibPerSocket: { gateway: perSocket(delta('external', 'gateway')), agent: perSocket(delta('external', 'agent')) },
+      heapCommittedMiB: {
+        before: { gateway: toMiB(before.gateway.heapCommitted), agent: toMiB(before.agent.heapCommitted) },
+        at2s: { gateway: toMiB(early.gateway.heapCommitted), agent: toMiB(early.agent.heapCommitted) },
+        after: { gateway: toMiB(after.gateway.heapCommitted), agent: toMiB(after.agent.heapCommitted) },
+      },
       newSpaceMiB: { before: { gateway: toMiB(before.gateway.newSpaceCommitted), agent: toMiB(before.agent.newSpaceCommitted) }, after: { gateway: toMiB(after.gateway.newSpaceCommitted), agent: toMiB(after.agent.newSpaceCommitted) } },
-      heapCommittedMiB: { before: { gateway: toMiB(before.gateway.heapCommitted), agent: toMiB(before.agent.heapCommitted) }, after: { gateway: toMiB(after.gateway.heapCommitted), agent: toMiB(after.agent.heapCommitted) } },
-      agentMaxConcurrentStreams: config.maxConcurrentStreams,
+      agentMaxConcurrentStreams: maxConcurrentStreams,
     };
     log(`idle WebSockets: ${JSON.stringify(result)}`);
     await processes.stop(clients);
