@@ -159,7 +159,11 @@ export class ClientProxy {
   }
 
   private tunnelHeaders(client: IncomingHttpHeaders, admitted: Admitted, remote: string | undefined, protocol: 'http1' | 'http2', pseudo: OutgoingHttpHeaders): OutgoingHttpHeaders {
-    const headers: OutgoingHttpHeaders = { ...pseudo, ...filterHeaders(client, { stripTether: true }) };
+    // One object, built in one pass. Its keys differ from request to request, so it starts as the
+    // dictionary V8 would turn it into anyway (and Node copies it into one of those).
+    const headers = Object.create(null) as OutgoingHttpHeaders;
+    for (const name in pseudo) headers[name] = pseudo[name];
+    filterHeaders(client, { stripTether: true }, headers);
     headers[H_CLUSTER] = admitted.clusterId;
     headers[H_SUBJECT] = admitted.identity.subject;
     headers[H_ISSUER] = admitted.identity.issuer;
@@ -185,9 +189,9 @@ export class ClientProxy {
   }
 
   /** Open a tunnel stream for the exchange and wire both sides; retries refused streams elsewhere. */
-  private forward(clusterId: string, headers: OutgoingHttpHeaders, client: ClientSide, attempt = 0, exclude = new Set<AgentTunnel>()): void {
+  private forward(clusterId: string, headers: OutgoingHttpHeaders, client: ClientSide, attempt = 0, exclude: Set<AgentTunnel> | null = null): void {
     const busy = { full: false };
-    const tunnel = this.registry.pick(clusterId, exclude, busy);
+    const tunnel = this.registry.pick(clusterId, exclude ?? undefined, busy);
     if (tunnel === null && busy.full) {
       client.respondError('TUNNEL_BUSY', `every tunnel of cluster ${clusterId} is at its stream limit`, { 'retry-after': String(this.config.noTunnelRetryAfterSec) });
       return;
@@ -200,14 +204,15 @@ export class ClientProxy {
     try {
       stream = tunnel.session.request(headers, { endStream: client.body === null });
     } catch {
-      exclude.add(tunnel);
-      if (attempt + 1 < MAX_ATTEMPTS + this.registry.count(clusterId)) this.forward(clusterId, headers, client, attempt + 1, exclude);
+      const skip = exclude ?? new Set<AgentTunnel>();
+      skip.add(tunnel);
+      if (attempt + 1 < MAX_ATTEMPTS + this.registry.count(clusterId)) this.forward(clusterId, headers, client, attempt + 1, skip);
       else client.respondError('NO_TUNNEL', `no usable tunnel for cluster ${clusterId}`, { 'retry-after': String(this.config.noTunnelRetryAfterSec) });
       return;
     }
     // What a retry needs, released once a response arrives (a WebSocket or CONNECT stream can live
     // for hours; the request headers need not).
-    let retry: { headers: OutgoingHttpHeaders; exclude: Set<AgentTunnel> } | null = { headers, exclude };
+    let retry: { headers: OutgoingHttpHeaders; exclude: Set<AgentTunnel> | null } | null = { headers, exclude };
     let detachBody = (): void => undefined;
     const started = process.hrtime.bigint();
     tunnel.activeStreams++;
@@ -243,8 +248,9 @@ export class ClientProxy {
         const untouched = client.body === null || !client.body.readableDidRead;
         if (stream.rstCode === NGHTTP2_REFUSED_STREAM && untouched && attempt + 1 < MAX_ATTEMPTS && retry !== null) {
           this.metrics.streamRetries.inc();
-          retry.exclude.add(tunnel);
-          this.forward(clusterId, retry.headers, client, attempt + 1, retry.exclude);
+          const skip = retry.exclude ?? new Set<AgentTunnel>();
+          skip.add(tunnel);
+          this.forward(clusterId, retry.headers, client, attempt + 1, skip);
           return;
         }
         client.respondError('TUNNEL_STREAM_RESET', 'the tunnel stream ended before a response');

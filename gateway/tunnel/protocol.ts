@@ -47,9 +47,9 @@ export interface HeaderFilterOptions {
 /**
  * Copy regular headers, dropping pseudo-headers, hop-by-hop headers, headers named by `Connection`,
  * and (optionally) `tether-*` headers. `te: trailers` is the one `te` value HTTP/2 allows; it is
- * kept.
+ * kept. Copies into `into` when given (one object per request instead of two).
  */
-export function filterHeaders(headers: IncomingHttpHeaders, options: HeaderFilterOptions = {}): OutgoingHttpHeaders {
+export function filterHeaders(headers: IncomingHttpHeaders, options: HeaderFilterOptions = {}, into: OutgoingHttpHeaders = {}): OutgoingHttpHeaders {
   // Runs for every request and response on both ends: no Set unless `Connection` names headers,
   // no entry arrays, and never `delete` on the result (that turns it into a slow dictionary).
   let named: Set<string> | null = null;
@@ -61,7 +61,7 @@ export function filterHeaders(headers: IncomingHttpHeaders, options: HeaderFilte
     }
   }
   const stripTether = options.stripTether === true;
-  const out: OutgoingHttpHeaders = {};
+  const out = into;
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined || name.charCodeAt(0) === 58 /* ':' */) continue;
