@@ -15,8 +15,9 @@
  * Loads: `wrk -t2 -c64` and `wrk -t1 -c1` on a 1 KiB response (requests/s, p50, p99), `h2load
  * -c64 -m10` (requests/s), a 256 MiB download with curl (MB/s, median of runs); and the RSS of the
  * gateway and agent processes per idle WebSocket with 10,000 open through them (fresh processes,
- * a GC before each reading; read 2 s after opening and again after 15 s idle, when the heap has
- * settled: the target is checked on the settled reading, both are reported). The upstream, the gateway, the agent and each load generator are
+ * a GC before each reading; the baseline after a warm-up and 15 s idle, then readings 2 s after
+ * opening and after 15 s idle, when the heap has settled: the target is checked on the settled
+ * reading, both are reported). The upstream, the gateway, the agent and each load generator are
  * separate processes; every load has a time bound; every child is killed at the end, also on error.
  *
  * Options: `--duration=S` (10), `--warmup=S` (2), `--downloads=N` (3), `--websockets=N` (10000), `--websocket-runs=N` (3, median reported),
@@ -405,7 +406,9 @@ async function idleWebSockets(processes: Processes, start: () => Promise<Stack>,
     const warmed = await nextMessage(warm, ofType<Extract<WsClientsMessage, { type: 'opened' }>>('opened'), 60_000, 'warm-up WebSockets');
     if (warmed.failed > 0) throw new Error(`warm-up WebSockets failed: ${String(warmed.firstError)}`);
     await processes.stop(warm);
-    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    // The baseline gets the same settling time as the steady-state reading (a baseline taken while
+    // the warm-up's garbage still sat in uncompacted pages would flatter the difference).
+    await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
     const before = { gateway: await memory(stack.gateway), agent: await memory(stack.agent) };
     log(`idle WebSockets: baseline RSS gateway ${mib(before.gateway.rss)}, agent ${mib(before.agent.rss)}; opening ${count}`);
     const clients = processes.spawnNode('websocket clients', 'tunnel-ws-clients.ts', [stack.plainUrl, String(count), CLUSTER_HEADER, `authorization: Bearer ${token}`]);
