@@ -21,6 +21,7 @@ import type { AgentMetrics, StreamProtocol } from './metrics.js';
 import type { Route, RouteTable } from './routes.js';
 import type { StreamRouting } from './router/stream-routing.js';
 import { forwardWithRetries, retriesApply } from './router/tunnel-retry.js';
+import { forwardOverPool } from './http1-upstream.js';
 import type { UpstreamPools } from './upstreams.js';
 
 const { NGHTTP2_INTERNAL_ERROR, NGHTTP2_FLAG_END_STREAM } = http2.constants;
@@ -111,7 +112,7 @@ function upstreamCode(reason: unknown): string {
   const errno = getErrorCode(reason);
   if (errno === 'ECONNREFUSED' || errno === 'EHOSTUNREACH' || errno === 'ENETUNREACH' || errno === 'ENOTFOUND' || errno === 'EAI_AGAIN') return 'UPSTREAM_REFUSED';
   if (errno !== null && errno.startsWith('ERR_TLS')) return 'UPSTREAM_REFUSED';
-  if (errno === 'ETIMEDOUT') return 'UPSTREAM_TIMEOUT';
+  if (errno === 'ETIMEDOUT' || errno === 'UND_ERR_CONNECT_TIMEOUT') return 'UPSTREAM_TIMEOUT';
   return 'UPSTREAM_ERROR';
 }
 
@@ -164,9 +165,26 @@ function forwardHttp1(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, r
   const method = headers[':method'] ?? 'GET';
   const path = upstreamPath(route, headers[':path'] ?? '/');
   const trailers = wantsTrailers(headers);
+  if (route.kind !== 'https' && headers.expect === undefined) {
+    // Plain HTTP/1.1 through undici (agent/http1-upstream.ts).
+    const counters = bytesCounters(ctx.metrics);
+    forwardOverPool(stream, {
+      pool: ctx.pools.http1Pool(route.upstream.origin),
+      method,
+      path,
+      headers: outHeaders,
+      trailers,
+      timeoutMs: ctx.upstreamTimeoutMs,
+      toUpstream: counters.toUpstream,
+      toGateway: counters.toGateway,
+      setupDone,
+      fail: (code, message) => fail(stream, ctx, code, message),
+      codeOf: upstreamCode,
+    });
+    return;
+  }
   if (route.kind !== 'https') {
-    // Plain HTTP/1.1: no promise in between (one microtask hop less per request), and one options
-    // object (the pool copies it once more).
+    // `expect: 100-continue`, which undici does not send: Node's client handles it.
     const req = http.request({ method, path, headers: outHeaders, host: route.upstream.hostname, port: route.upstream.port === '' ? 80 : Number(route.upstream.port), agent: ctx.pools.http1 });
     relayHttp1(stream, req, trailers, ctx, setupDone);
     return;
