@@ -109,3 +109,10 @@ test.serial('a body the agent cannot forward (no route) is read to its end: 404 
   t.is(next.status, 200);
   t.is(env.gateway.tunnels.count('c1'), env.agents[0]?.config.connectionsPerGateway);
 });
+
+test.serial('a request with expect: 100-continue (which undici does not send) goes through, body and all', async (t) => {
+  const reply = await plainH1Request(env.gateway.plainUrl ?? '', { method: 'POST', path: '/ok/continue', cluster: 'c1', token, headers: { expect: '100-continue' }, body: Buffer.alloc(REQUEST_BYTES, 'x') });
+  t.is(reply.status, 200);
+  t.is(reply.body.length, RESPONSE_BYTES);
+  t.is(reply.body[0], 'y'.charCodeAt(0), 'the upstream received the whole body');
+});
