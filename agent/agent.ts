@@ -23,7 +23,7 @@ import { RouteTable } from './routes.js';
 import type { StreamContext } from './stream-handler.js';
 import { TunnelConnection, type TlsMaterial } from './tunnel-connection.js';
 import { UpstreamPools } from './upstreams.js';
-import { AgentXds } from './router/agent-xds.js';
+import type { AgentXds } from './router/agent-xds.js';
 
 export interface AgentOptions extends AgentConfigInput {
   tls: TlsMaterial;
@@ -56,8 +56,16 @@ export class Agent implements Closable {
   private readonly targets = new Map<string, Slot[]>();
   private readonly seeds: Set<string>;
   private admin: AdminServer | null = null;
-  /** The embedded xDS server and built-in router (`xds` option), or null. */
-  readonly xds: AgentXds | null;
+  /**
+   * The embedded xDS server and built-in router (`xds` option), or null; made by `start()`. Loaded
+   * only when configured: its generated Envoy types are ~20 MiB of heap, and every major GC of an
+   * agent that carries them pauses longer (the tunnel's p99).
+   */
+  private xdsPart: AgentXds | null = null;
+
+  get xds(): AgentXds | null {
+    return this.xdsPart;
+  }
   private readyWaiters: Array<() => void> = [];
   private stopped = false;
 
@@ -76,9 +84,6 @@ export class Agent implements Closable {
       metrics: this.metrics,
       logger: this.logger,
     };
-    const xds = this.config.xds;
-    this.xds = xds === undefined ? null : new AgentXds({ routes: this.config.routes, listen: xds.listen, useBuiltInRouter: xds.useBuiltInRouter, logger: this.logger, registry: this.metrics.registry });
-    this.streams.routing = this.xds?.routing ?? null;
     this.seeds = new Set(this.config.gateways);
   }
 
@@ -93,7 +98,13 @@ export class Agent implements Closable {
       await this.admin.listen();
     }
     // The router has its first configuration before any tunnel carries a stream.
-    await this.xds?.start();
+    const xds = this.config.xds;
+    if (xds !== undefined && this.xdsPart === null) {
+      const { AgentXds } = await import('./router/agent-xds.js');
+      this.xdsPart = new AgentXds({ routes: this.config.routes, listen: xds.listen, useBuiltInRouter: xds.useBuiltInRouter, logger: this.logger, registry: this.metrics.registry });
+      this.streams.routing = this.xdsPart.routing;
+      await this.xdsPart.start();
+    }
     for (const address of this.seeds) this.addTarget(address);
   }
 
