@@ -103,7 +103,7 @@ export function formatTable(rows: Rows, websocket: Record<string, unknown> | nul
     const opened = String(websocket?.opened ?? '?');
     const minimal = websocketKib(websocket?.minimal as Record<string, unknown> | undefined);
     out.push(
-      `| KiB RSS per idle WebSocket, settled (${opened} open ${String(websocket?.settleSeconds ?? '?')} s; tether: gateway ${fmt(kib.gateway, 1)} + agent ${fmt(kib.agent, 1)}) | – | ${fmt(kib.total, 1)} | ${fmt(minimal.total, 1)} | – | – | – | – | ${met ? 'met' : '**not met**'} (≤ ${WEBSOCKET_KIB_TARGET}) |`,
+      `| KiB RSS per idle WebSocket, settled (${opened} open, heaps settled after ${String(websocket?.settleSeconds ?? '?')} s; tether: gateway ${fmt(kib.gateway, 1)} + agent ${fmt(kib.agent, 1)}) | – | ${fmt(kib.total, 1)} | ${fmt(minimal.total, 1)} | – | – | – | – | ${met ? 'met' : '**not met**'} (≤ ${WEBSOCKET_KIB_TARGET}) |`,
     );
     const early = (w: Record<string, unknown> | null | undefined): number | null => {
       const at2s = w?.kibPerSocketAt2s as { total?: number } | undefined;

@@ -15,9 +15,9 @@
  * Loads: `wrk -t2 -c64` and `wrk -t1 -c1` on a 1 KiB response (requests/s, p50, p99), `h2load
  * -c64 -m10` (requests/s), a 256 MiB download with curl (MB/s, median of runs); and the RSS of the
  * gateway and agent processes per idle WebSocket with 10,000 open through them (fresh processes,
- * a GC before each reading; the baseline after a warm-up and 15 s idle, then readings 2 s after
- * opening and after 15 s idle, when the heap has settled: the target is checked on the settled
- * reading, both are reported). The upstream, the gateway, the agent and each load generator are
+ * a GC before each reading; the baseline after a warm-up once the heaps stop shrinking, then
+ * readings 2 s after opening and again once the heaps stop shrinking: the target is checked on the
+ * settled reading, both are reported). The upstream, the gateway, the agent and each load generator are
  * separate processes; every load has a time bound; every child is killed at the end, also on error.
  *
  * Options: `--duration=S` (10), `--warmup=S` (2), `--downloads=N` (3), `--websockets=N` (10000), `--websocket-runs=N` (3, median reported),
@@ -47,8 +47,14 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const TRUST_DOMAIN = 'bench.tether';
 const CLUSTER = 'bench';
 const CLUSTER_HEADER = `tether-cluster: ${CLUSTER}`;
-/** How long idle WebSockets are held before the steady-state memory reading. */
-const SETTLE_MS = 15_000;
+/**
+ * The steady-state memory reading: every SETTLE_STEP_MS (a full GC before each) until neither
+ * process's committed heap moved by more than SETTLE_TOLERANCE between two readings, at most
+ * SETTLE_MAX_MS. V8 shrinks a heap that grew during a burst in steps over tens of seconds.
+ */
+const SETTLE_STEP_MS = 4_000;
+const SETTLE_MAX_MS = 60_000;
+const SETTLE_TOLERANCE = 1024 * 1024;
 const LOADS = ['wrk64', 'wrk1', 'h2load', 'download', 'websocket'] as const;
 type Load = (typeof LOADS)[number];
 
@@ -397,6 +403,19 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
   }
 }
 
+/** Memory of both processes once their committed heaps stop moving (see SETTLE_STEP_MS). */
+async function settled(stack: Stack): Promise<{ reading: { gateway: Memory; agent: Memory }; seconds: number }> {
+  const started = Date.now();
+  let last = { gateway: await memory(stack.gateway), agent: await memory(stack.agent) };
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, SETTLE_STEP_MS));
+    const now = { gateway: await memory(stack.gateway), agent: await memory(stack.agent) };
+    const moved = Math.max(Math.abs(now.gateway.heapCommitted - last.gateway.heapCommitted), Math.abs(now.agent.heapCommitted - last.agent.heapCommitted));
+    last = now;
+    if (moved <= SETTLE_TOLERANCE || Date.now() - started >= SETTLE_MAX_MS) return { reading: now, seconds: Math.round((Date.now() - started) / 1000) };
+  }
+}
+
 /** RSS of fresh gateway and agent processes before and after `count` idle WebSockets through them. */
 async function idleWebSockets(processes: Processes, start: () => Promise<Stack>, count: number, upstream: Tracked, token: string, maxConcurrentStreams: number): Promise<Record<string, unknown>> {
   const stack = await start();
@@ -406,22 +425,20 @@ async function idleWebSockets(processes: Processes, start: () => Promise<Stack>,
     const warmed = await nextMessage(warm, ofType<Extract<WsClientsMessage, { type: 'opened' }>>('opened'), 60_000, 'warm-up WebSockets');
     if (warmed.failed > 0) throw new Error(`warm-up WebSockets failed: ${String(warmed.firstError)}`);
     await processes.stop(warm);
-    // The baseline gets the same settling time as the steady-state reading (a baseline taken while
-    // the warm-up's garbage still sat in uncompacted pages would flatter the difference).
-    await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
-    const before = { gateway: await memory(stack.gateway), agent: await memory(stack.agent) };
+    // The baseline settles the same way as the steady-state reading (a baseline taken while the
+    // warm-up's garbage still sat in uncompacted pages would flatter the difference).
+    const before = (await settled(stack)).reading;
     log(`idle WebSockets: baseline RSS gateway ${mib(before.gateway.rss)}, agent ${mib(before.agent.rss)}; opening ${count}`);
     const clients = processes.spawnNode('websocket clients', 'tunnel-ws-clients.ts', [stack.plainUrl, String(count), CLUSTER_HEADER, `authorization: Bearer ${token}`]);
     const opened = await nextMessage(clients, ofType<Extract<WsClientsMessage, { type: 'opened' }>>('opened'), 300_000, `${count} WebSockets`);
     upstream.child.send({ type: 'count' });
     const atUpstream = await nextMessage(upstream, ofType<{ type: 'count'; webSockets: number }>('count'), 10_000, 'upstream WebSocket count');
     // Two readings: 2 s after the last one opened (the heap still holds the garbage of the opening
-    // burst, in pages V8 has not compacted yet) and after SETTLE_MS idle, when V8's memory reducer
-    // has had its chance: the steady state of idle connections, which the target is checked on.
+    // burst, in pages V8 has not compacted yet) and once the heaps have settled: the steady state
+    // of idle connections, which the target is checked on.
     await new Promise((resolve) => setTimeout(resolve, 2_000));
     const early = { gateway: await memory(stack.gateway), agent: await memory(stack.agent) };
-    await new Promise((resolve) => setTimeout(resolve, SETTLE_MS - 2_000));
-    const after = { gateway: await memory(stack.gateway), agent: await memory(stack.agent) };
+    const { reading: after, seconds: settleSeconds } = await settled(stack);
     const perSocket = (bytes: number): number => (opened.ok > 0 ? Math.round((bytes / opened.ok / 1024) * 10) / 10 : NaN);
     type Field = 'rss' | 'heapUsed' | 'external' | 'arrayBuffers' | 'newSpaceCommitted' | 'heapCommitted';
     const delta = (field: Field, who: 'gateway' | 'agent', at = after): number => at[who][field] - before[who][field];
@@ -432,7 +449,7 @@ async function idleWebSockets(processes: Processes, start: () => Promise<Stack>,
       firstError: opened.firstError,
       openSeconds: Math.round(opened.ms / 100) / 10,
       heldAtUpstream: atUpstream.webSockets,
-      settleSeconds: SETTLE_MS / 1000,
+      settleSeconds,
       rssBeforeMiB: { gateway: toMiB(before.gateway.rss), agent: toMiB(before.agent.rss) },
       rssAfterMiB: { gateway: toMiB(after.gateway.rss), agent: toMiB(after.agent.rss) },
       kibPerSocket: {
