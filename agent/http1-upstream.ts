@@ -45,11 +45,6 @@ async function* counted(body: Readable, counter: ByteCounter): AsyncGenerator<Bu
   }
 }
 
-/** Undici headers → what Node's HTTP/2 API takes (values are strings or string arrays already). */
-function toOutgoing(headers: Record<string, string | string[] | undefined>): OutgoingHttpHeaders {
-  return filterResponseHeaders(headers);
-}
-
 class StreamResponseHandler implements Dispatcher.DispatchHandler {
   private controller: Dispatcher.DispatchController | null = null;
   private responded = false;
@@ -102,7 +97,7 @@ class StreamResponseHandler implements Dispatcher.DispatchHandler {
     const stream = this.stream;
     if (stream.destroyed || stream.closed) return;
     const withTrailers = this.x.trailers && headers.trailer !== undefined;
-    stream.respond({ ':status': statusCode, ...toOutgoing(headers) }, { waitForTrailers: withTrailers });
+    stream.respond({ ':status': statusCode, ...filterResponseHeaders(headers) }, { waitForTrailers: withTrailers });
     if (withTrailers) {
       stream.once('wantTrailers', () => {
         if (this.trailers !== null) stream.sendTrailers(this.trailers);
@@ -122,7 +117,7 @@ class StreamResponseHandler implements Dispatcher.DispatchHandler {
     if (this.done) return;
     this.done = true;
     this.clearTimer();
-    this.trailers = toOutgoing(trailers);
+    this.trailers = filterResponseHeaders(trailers);
     if (!this.stream.destroyed && !this.stream.closed) this.stream.end();
   }
 
