@@ -1,5 +1,6 @@
 /** The agent's Prometheus series (names after cloudflared's and Konnectivity's, research/tunnels.md A4/D6). */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { ByteCounter } from '../gateway/tunnel/index.js';
 
 export type StreamProtocol = 'http' | 'grpc' | 'websocket' | 'tcp';
 
@@ -14,6 +15,23 @@ export class AgentMetrics {
   readonly upstreamSetup: Histogram<'protocol'>;
   readonly pingRtt: Histogram;
   readonly bytes: Counter<'direction'>;
+  /**
+   * Labelled children resolved once, for the per-chunk and per-stream paths: prom-client's
+   * `labels()` hashes the labels and builds an object with seven bound methods on every call.
+   */
+  readonly bytesToGateway: ByteCounter;
+  readonly bytesToUpstream: ByteCounter;
+  private readonly activeByProtocol = new Map<StreamProtocol, { inc(): void; dec(): void }>();
+
+  /** The streams-active gauge's child for `protocol`. */
+  streamsActiveFor(protocol: StreamProtocol): { inc(): void; dec(): void } {
+    let gauge = this.activeByProtocol.get(protocol);
+    if (gauge === undefined) {
+      gauge = this.streamsActive.labels({ protocol });
+      this.activeByProtocol.set(protocol, gauge);
+    }
+    return gauge;
+  }
 
   constructor(readonly registry: Registry) {
     const registers = [registry];
@@ -27,5 +45,7 @@ export class AgentMetrics {
     this.upstreamSetup = new Histogram({ name: 'tether_agent_upstream_setup_seconds', help: 'Time from stream arrival to the upstream response headers (or connect).', labelNames: ['protocol'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers });
     this.pingRtt = new Histogram({ name: 'tether_agent_ping_rtt_seconds', help: 'HTTP/2 PING round-trip time to the gateway.', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], registers });
     this.bytes = new Counter({ name: 'tether_agent_bytes_total', help: 'Body bytes forwarded, by direction (to_upstream, to_gateway).', labelNames: ['direction'], registers });
+    this.bytesToGateway = this.bytes.labels({ direction: 'to_gateway' });
+    this.bytesToUpstream = this.bytes.labels({ direction: 'to_upstream' });
   }
 }

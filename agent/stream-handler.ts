@@ -51,7 +51,7 @@ export function handleTunnelStream(stream: ServerHttp2Stream, headers: IncomingH
   const kind: StreamProtocol =
     method === 'CONNECT' ? (protocol === 'websocket' ? 'websocket' : 'tcp') : isGrpc(headers) ? 'grpc' : 'http';
   ctx.metrics.streamsTotal.inc({ protocol: kind });
-  const active = activeStreams(ctx.metrics, kind);
+  const active = ctx.metrics.streamsActiveFor(kind);
   active.inc();
   stream.on('close', () => active.dec());
   stream.on('error', ignoreError);
@@ -121,40 +121,6 @@ function upstreamPath(route: Route, path: string): string {
   return `${base}${path}`;
 }
 
-/** Labelled children of the byte counter, resolved once per metrics instance (no label hashing per chunk). */
-const byteCounters = new WeakMap<AgentMetrics, { toGateway: { inc(value: number): void }; toUpstream: { inc(value: number): void } }>();
-
-export function bytesCounters(metrics: AgentMetrics): { toGateway: { inc(value: number): void }; toUpstream: { inc(value: number): void } } {
-  let counters = byteCounters.get(metrics);
-  if (counters === undefined) {
-    counters = { toGateway: metrics.bytes.labels({ direction: 'to_gateway' }), toUpstream: metrics.bytes.labels({ direction: 'to_upstream' }) };
-    byteCounters.set(metrics, counters);
-  }
-  return counters;
-}
-
-/**
- * The streams-active gauge's child per protocol, resolved once per metrics instance: prom-client's
- * `labels()` builds a fresh object with seven bound methods per call, and the stream's 'close'
- * listener holds it as long as the stream lives.
- */
-const activeGauges = new WeakMap<AgentMetrics, Map<StreamProtocol, { inc(): void; dec(): void }>>();
-
-function activeStreams(metrics: AgentMetrics, kind: StreamProtocol): { inc(): void; dec(): void } {
-  let byKind = activeGauges.get(metrics);
-  if (byKind === undefined) {
-    byKind = new Map();
-    activeGauges.set(metrics, byKind);
-  }
-  let gauge = byKind.get(kind);
-  if (gauge === undefined) {
-    gauge = metrics.streamsActive.labels({ protocol: kind });
-    byKind.set(kind, gauge);
-  }
-  return gauge;
-}
-
-
 function forwardHttp1(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: Route, ctx: StreamContext, setupDone: () => void): void {
   const outHeaders = filterHeaders(headers, { dropTe: true });
   // https upstreams are reached by their own name (TLS identity and http2-wrapper's origin check);
@@ -167,7 +133,6 @@ function forwardHttp1(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, r
   const trailers = wantsTrailers(headers);
   if (route.kind !== 'https' && headers.expect === undefined) {
     // Plain HTTP/1.1 through undici (agent/http1-upstream.ts).
-    const counters = bytesCounters(ctx.metrics);
     forwardOverPool(stream, {
       pool: ctx.pools.http1Pool(route.upstream.origin),
       method,
@@ -175,8 +140,8 @@ function forwardHttp1(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, r
       headers: outHeaders,
       trailers,
       timeoutMs: ctx.upstreamTimeoutMs,
-      toUpstream: counters.toUpstream,
-      toGateway: counters.toGateway,
+      toUpstream: ctx.metrics.bytesToUpstream,
+      toGateway: ctx.metrics.bytesToGateway,
       setupDone,
       fail: (code, message) => fail(stream, ctx, code, message),
       codeOf: upstreamCode,
@@ -229,7 +194,7 @@ function relayHttp1(stream: ServerHttp2Stream, req: http.ClientRequest, trailers
     const withTrailers = trailers && res.headers.trailer !== undefined;
     stream.respond({ ':status': res.statusCode ?? 502, ...filterResponseHeaders(res.headers) }, { waitForTrailers: withTrailers });
     if (withTrailers) stream.once('wantTrailers', () => stream.sendTrailers(filterResponseHeaders(res.trailers)));
-    relay(res, stream, bytesCounters(ctx.metrics).toGateway);
+    relay(res, stream, ctx.metrics.bytesToGateway);
     res.on('error', () => {
       if (!stream.closed) stream.close(NGHTTP2_INTERNAL_ERROR);
     });
@@ -243,7 +208,7 @@ function relayHttp1(stream: ServerHttp2Stream, req: http.ClientRequest, trailers
   });
   // A bodyless request (END_STREAM on the HEADERS frame) needs no pipe, only the end.
   if (stream.endAfterHeaders) req.end();
-  else relay(stream, req, bytesCounters(ctx.metrics).toUpstream);
+  else relay(stream, req, ctx.metrics.bytesToUpstream);
 }
 
 function forwardH2c(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: Route, ctx: StreamContext, setupDone: () => void): void {
@@ -291,7 +256,7 @@ function forwardH2c(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, rou
         else stream.close();
       });
     }
-    if (!endStream) relay(upstream, stream, bytesCounters(ctx.metrics).toGateway);
+    if (!endStream) relay(upstream, stream, ctx.metrics.bytesToGateway);
   });
   upstream.on('trailers', (trailers: IncomingHttpHeaders) => {
     upstreamTrailers = trailers;
@@ -311,7 +276,7 @@ function forwardH2c(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, rou
     clearTimeout(timer);
     if (!upstream.closed) upstream.close(http2.constants.NGHTTP2_CANCEL);
   });
-  if (!stream.endAfterHeaders) relay(stream, upstream, bytesCounters(ctx.metrics).toUpstream);
+  if (!stream.endAfterHeaders) relay(stream, upstream, ctx.metrics.bytesToUpstream);
 }
 
 /**
@@ -376,14 +341,14 @@ function forwardWebSocket(stream: ServerHttp2Stream, headers: IncomingHttpHeader
     // The pool's idle timer has no meaning for an upgraded socket (nothing acts on it): drop it.
     if (socket instanceof net.Socket) socket.setTimeout(0);
     if (head.length > 0) stream.write(head);
-    splice(stream, socket, bytesCounters(ctx.metrics));
+    splice(stream, socket, { toUpstream: ctx.metrics.bytesToUpstream, toGateway: ctx.metrics.bytesToGateway });
   });
   req.on('response', (res: IncomingMessage) => {
     clearTimeout(timer);
     settled = true;
     if (stream.destroyed) return void res.destroy();
     stream.respond({ ':status': res.statusCode ?? 502, ...filterResponseHeaders(res.headers) });
-    relay(res, stream, bytesCounters(ctx.metrics).toGateway);
+    relay(res, stream, ctx.metrics.bytesToGateway);
   });
   req.on('error', (reason: unknown) => {
     clearTimeout(timer);
@@ -417,7 +382,7 @@ function forwardTcp(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ctx
     connected = true;
     if (stream.destroyed) return void socket.destroy();
     stream.respond({ ':status': 200 });
-    splice(stream, socket, bytesCounters(ctx.metrics));
+    splice(stream, socket, { toUpstream: ctx.metrics.bytesToUpstream, toGateway: ctx.metrics.bytesToGateway });
   });
   socket.once('error', (reason: unknown) => {
     clearTimeout(timer);
