@@ -16,7 +16,7 @@ import type { Duplex } from 'node:stream';
 import http2wrapper from 'http2-wrapper';
 import { TetherError, getErrorCode } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
-import { H_ERROR, filterHeaders, filterResponseHeaders, relay, statusOf, type ByteCounter } from '../gateway/tunnel/index.js';
+import { H_ERROR, filterHeaders, filterResponseHeaders, relay, statusOf } from '../gateway/tunnel/index.js';
 import type { AgentMetrics, StreamProtocol } from './metrics.js';
 import type { Route, RouteTable } from './routes.js';
 import type { StreamRouting } from './router/stream-routing.js';
@@ -341,7 +341,7 @@ function forwardWebSocket(stream: ServerHttp2Stream, headers: IncomingHttpHeader
     // The pool's idle timer has no meaning for an upgraded socket (nothing acts on it): drop it.
     if (socket instanceof net.Socket) socket.setTimeout(0);
     if (head.length > 0) stream.write(head);
-    splice(stream, socket, { toUpstream: ctx.metrics.bytesToUpstream, toGateway: ctx.metrics.bytesToGateway });
+    splice(stream, socket, ctx.metrics);
   });
   req.on('response', (res: IncomingMessage) => {
     clearTimeout(timer);
@@ -382,7 +382,7 @@ function forwardTcp(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ctx
     connected = true;
     if (stream.destroyed) return void socket.destroy();
     stream.respond({ ':status': 200 });
-    splice(stream, socket, { toUpstream: ctx.metrics.bytesToUpstream, toGateway: ctx.metrics.bytesToGateway });
+    splice(stream, socket, ctx.metrics);
   });
   socket.once('error', (reason: unknown) => {
     clearTimeout(timer);
@@ -398,7 +398,7 @@ function forwardTcp(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ctx
  * Pipe a tunnel stream and an upstream socket into each other, counting both directions; either
  * one's error or close tears down both.
  */
-export function splice(a: Duplex, b: Duplex, counters: { toUpstream: ByteCounter; toGateway: ByteCounter }): void {
+export function splice(a: Duplex, b: Duplex, counters: Pick<AgentMetrics, 'bytesToUpstream' | 'bytesToGateway'>): void {
   let done = false;
   const teardown = (): void => {
     if (done) return;
@@ -410,6 +410,6 @@ export function splice(a: Duplex, b: Duplex, counters: { toUpstream: ByteCounter
   b.on('error', teardown);
   a.on('close', teardown);
   b.on('close', teardown);
-  relay(a, b, counters.toUpstream);
-  relay(b, a, counters.toGateway);
+  relay(a, b, counters.bytesToUpstream);
+  relay(b, a, counters.bytesToGateway);
 }

@@ -128,15 +128,12 @@ export class FrontDoor {
       }
       onTunnel(socket);
     };
+    // Peer certificates are checked by the tunnel acceptor (with our own codes), not by OpenSSL.
+    const common = { key: serverTls.key, cert: serverTls.cert, ca: serverTls.ca, rejectUnauthorized: false, handshakeTimeout: 10_000, noDelay: true };
     this.tlsServer = tls.createServer({
-      key: serverTls.key,
-      cert: serverTls.cert,
-      ca: serverTls.ca,
+      ...common,
       requestCert: !agentsApart,
-      rejectUnauthorized: false,
       ALPNProtocols: agentsApart ? ['h2', 'http/1.1'] : ['h2', 'http/1.1', TUNNEL_ALPN],
-      handshakeTimeout: 10_000,
-      noDelay: true,
     });
     // Track raw connections, so that close() also ends those still in the TLS handshake.
     this.tlsServer.on('connection', (socket: Socket) => this.track(socket));
@@ -145,25 +142,11 @@ export class FrontDoor {
       socket.on('error', () => undefined);
       if (socket.alpnProtocol === TUNNEL_ALPN) tunnel(socket);
       else if (socket.alpnProtocol === 'h2') this.h2.emit('connection', socket);
-      else {
-        this.h1Sockets.add(socket);
-        this.headerDeadlines.opened(socket);
-        this.h1.emit('connection', socket);
-      }
+      else this.toHttp1(socket);
     });
     this.tlsServer.on('tlsClientError', (reason: unknown) => logger.debug({ err: reason }, 'TLS handshake failed'));
     if (agentsApart) {
-      const agents = (this.agentServer = tls.createServer({
-        key: serverTls.key,
-        cert: serverTls.cert,
-        ca: serverTls.ca,
-        requestCert: true,
-        rejectUnauthorized: false,
-        minVersion: 'TLSv1.3',
-        ALPNProtocols: [TUNNEL_ALPN],
-        handshakeTimeout: 10_000,
-        noDelay: true,
-      }));
+      const agents = (this.agentServer = tls.createServer({ ...common, requestCert: true, minVersion: 'TLSv1.3', ALPNProtocols: [TUNNEL_ALPN] }));
       agents.on('connection', (socket: Socket) => this.track(socket));
       agents.on('secureConnection', (socket: TLSSocket) => {
         this.track(socket);
@@ -196,6 +179,13 @@ export class FrontDoor {
   private stopReaper(): void {
     if (this.reaper !== null) clearInterval(this.reaper);
     this.reaper = null;
+  }
+
+  /** Hand a client connection to the HTTP/1.1 server: counted, and its first head is due. */
+  private toHttp1(socket: Socket): void {
+    this.h1Sockets.add(socket);
+    this.headerDeadlines.opened(socket);
+    this.h1.emit('connection', socket);
   }
 
   private track(socket: Socket): void {
@@ -265,9 +255,7 @@ export class FrontDoor {
             this.h2.emit('connection', socket);
             return;
           }
-          this.h1Sockets.add(socket);
-          this.headerDeadlines.opened(socket);
-          this.h1.emit('connection', socket);
+          this.toHttp1(socket);
           socket.resume();
         });
       });
@@ -310,8 +298,9 @@ export class FrontDoor {
     for (const session of this.sessions) session.destroy();
     this.stopReaper();
     this.headerDeadlines.close();
+    // Every client socket is in `sockets`; the HTTP servers never listen, so Node's own
+    // closeAllConnections() has nothing of its own to close.
     for (const socket of this.sockets) socket.destroy();
-    this.h1.closeAllConnections();
   }
 
   get socketCount(): number {

@@ -55,6 +55,13 @@ function releaseSentHeaders(stream: ClientHttp2Stream): void {
   if (sentHeadersKey !== null) Reflect.set(stream, sentHeadersKey, undefined);
 }
 
+/** The tunnels a retry must skip: `tunnel` added to those skipped so far (the set is made only when a retry happens). */
+function excluding(skipped: Set<AgentTunnel> | null, tunnel: AgentTunnel): Set<AgentTunnel> {
+  const set = skipped ?? new Set<AgentTunnel>();
+  set.add(tunnel);
+  return set;
+}
+
 type Kind = 'http1' | 'http2' | 'grpc' | 'websocket' | 'tcp';
 
 interface Admitted {
@@ -204,9 +211,7 @@ export class ClientProxy {
     try {
       stream = tunnel.session.request(headers, { endStream: client.body === null });
     } catch {
-      const skip = exclude ?? new Set<AgentTunnel>();
-      skip.add(tunnel);
-      if (attempt + 1 < MAX_ATTEMPTS + this.registry.count(clusterId)) this.forward(clusterId, headers, client, attempt + 1, skip);
+      if (attempt + 1 < MAX_ATTEMPTS + this.registry.count(clusterId)) this.forward(clusterId, headers, client, attempt + 1, excluding(exclude, tunnel));
       else client.respondError('NO_TUNNEL', `no usable tunnel for cluster ${clusterId}`, { 'retry-after': String(this.config.noTunnelRetryAfterSec) });
       return;
     }
@@ -248,9 +253,7 @@ export class ClientProxy {
         const untouched = client.body === null || !client.body.readableDidRead;
         if (stream.rstCode === NGHTTP2_REFUSED_STREAM && untouched && attempt + 1 < MAX_ATTEMPTS && retry !== null) {
           this.metrics.streamRetries.inc();
-          const skip = retry.exclude ?? new Set<AgentTunnel>();
-          skip.add(tunnel);
-          this.forward(clusterId, retry.headers, client, attempt + 1, skip);
+          this.forward(clusterId, retry.headers, client, attempt + 1, excluding(retry.exclude, tunnel));
           return;
         }
         client.respondError('TUNNEL_STREAM_RESET', 'the tunnel stream ended before a response');
