@@ -114,20 +114,39 @@ interface Stack {
   plainUrl: string;
 }
 
+/** The tether gateway and agent (tunnel-stack.ts). */
 async function startStack(processes: Processes, dir: string, config: StackConfig, profileDir: string | null, tag: string, requestHeaders: Record<string, string>): Promise<Stack> {
-  // One folder per process and Node's own file names: the module-loader thread writes a profile of
-  // its own, and a fixed --cpu-prof-name would let it overwrite the main thread's.
+  const { stack } = await startPair<Extract<StackMessage, { type: 'ready'; role: 'gateway' }>>(processes, dir, 'tunnel-stack.ts', tag, config, profileDir, requestHeaders);
+  return stack;
+}
+
+/**
+ * A gateway child, then an agent child dialing it, of `file` (tunnel-stack.ts or
+ * tunnel-minimal-relay.ts, which answer alike), then one request through them. Both get
+ * `--expose-gc` (memory readings GC first) and, with `profileDir`, CPU profiles: one folder per
+ * process and Node's own file names, since the module-loader thread writes a profile of its own
+ * that a fixed --cpu-prof-name would let overwrite the main thread's.
+ */
+async function startPair<Ready extends { type: 'ready'; role: 'gateway'; plainUrl: string; address: string }>(
+  processes: Processes,
+  dir: string,
+  file: string,
+  tag: string,
+  config: StackConfig,
+  profileDir: string | null,
+  requestHeaders: Record<string, string>,
+): Promise<{ stack: Stack; ready: Ready }> {
   const nodeArgs = (role: string): string[] => ['--expose-gc', ...(profileDir === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, `${tag}-${role}`)}`])];
   const gatewayFile = join(dir, `${tag}-gateway.json`);
   await writeFile(gatewayFile, JSON.stringify(config), { mode: 0o600 });
-  const gateway = processes.spawnNode(`gateway (${tag})`, 'tunnel-stack.ts', ['gateway', gatewayFile], nodeArgs('gateway'));
-  const gatewayReady = await nextMessage(gateway, ofType<Extract<StackMessage, { type: 'ready'; role: 'gateway' }>>('ready'), 30_000, 'gateway ready');
+  const gateway = processes.spawnNode(`gateway (${tag})`, file, ['gateway', gatewayFile], nodeArgs('gateway'));
+  const ready = await nextMessage(gateway, ofType<Ready>('ready'), 30_000, `gateway (${tag}) ready`);
   const agentFile = join(dir, `${tag}-agent.json`);
-  await writeFile(agentFile, JSON.stringify({ ...config, gatewayAddress: gatewayReady.address }), { mode: 0o600 });
-  const agent = processes.spawnNode(`agent (${tag})`, 'tunnel-stack.ts', ['agent', agentFile], nodeArgs('agent'));
-  await nextMessage(agent, ofType<Extract<StackMessage, { type: 'ready'; role: 'agent' }>>('ready'), 30_000, 'agent ready');
-  await waitForTunnel(gatewayReady.plainUrl, requestHeaders);
-  return { gateway, agent, plainUrl: gatewayReady.plainUrl };
+  await writeFile(agentFile, JSON.stringify({ ...config, gatewayAddress: ready.address }), { mode: 0o600 });
+  const agent = processes.spawnNode(`agent (${tag})`, file, ['agent', agentFile], nodeArgs('agent'));
+  await nextMessage(agent, ofType<{ type: 'ready'; role: 'agent' }>('ready'), 30_000, `agent (${tag}) ready`);
+  await waitForTunnel(ready.plainUrl, requestHeaders);
+  return { stack: { gateway, agent, plainUrl: ready.plainUrl }, ready };
 }
 
 /** An ES256 issuer for the benchmark's clients and one token (valid for two hours) naming the cluster. */
@@ -140,18 +159,10 @@ async function clientToken(): Promise<{ token: string; auth: NonNullable<StackCo
   return { token, auth: { issuer, audience, jwks: { keys: [jwk] } } };
 }
 
-/** The minimal Node relay (tunnel-minimal-relay.ts): its gateway, then its agent, then a request through it. */
-async function startMinimalRelay(processes: Processes, dir: string, config: StackConfig): Promise<{ stack: Stack; h2cUrl: string }> {
-  const gatewayFile = join(dir, 'minimal-gateway.json');
-  await writeFile(gatewayFile, JSON.stringify(config), { mode: 0o600 });
-  const gateway = processes.spawnNode('minimal relay gateway', 'tunnel-minimal-relay.ts', ['gateway', gatewayFile]);
-  const ready = await nextMessage(gateway, ofType<Extract<MinimalRelayMessage, { type: 'ready'; role: 'gateway' }>>('ready'), 30_000, 'minimal relay gateway ready');
-  const agentFile = join(dir, 'minimal-agent.json');
-  await writeFile(agentFile, JSON.stringify({ ...config, gatewayAddress: ready.address }), { mode: 0o600 });
-  const agent = processes.spawnNode('minimal relay agent', 'tunnel-minimal-relay.ts', ['agent', agentFile]);
-  await nextMessage(agent, ofType<Extract<MinimalRelayMessage, { type: 'ready'; role: 'agent' }>>('ready'), 30_000, 'minimal relay agent ready');
-  await waitForTunnel(ready.plainUrl, {});
-  return { stack: { gateway, agent, plainUrl: ready.plainUrl }, h2cUrl: ready.h2cUrl };
+/** The minimal Node relay (tunnel-minimal-relay.ts), started like the tether stack. */
+async function startMinimalRelay(processes: Processes, dir: string, config: StackConfig, tag: string): Promise<{ stack: Stack; h2cUrl: string }> {
+  const { stack, ready } = await startPair<Extract<MinimalRelayMessage, { type: 'ready'; role: 'gateway' }>>(processes, dir, 'tunnel-minimal-relay.ts', tag, config, null, {});
+  return { stack, h2cUrl: ready.h2cUrl };
 }
 
 /** The gateway registers a tunnel once the agent's SETTINGS arrive: wait until a request goes through. */
@@ -255,7 +266,7 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
     }
     let minimal: Stack | null = null;
     if (settings.paths.has('minimal') && loadTests) {
-      const started = await startMinimalRelay(processes, dir, stackConfig);
+      const started = await startMinimalRelay(processes, dir, stackConfig, 'minimal-load');
       minimal = started.stack;
       paths.http.minimal = { base: started.stack.plainUrl, headers };
       paths.h2c.minimal = { base: started.h2cUrl, headers, path: '/h2/1k' };
@@ -365,7 +376,7 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
       };
       websocket = await measure(() => startStack(processes, dir, config, profileDir, 'websocket', { authorization: `Bearer ${client.token}` }));
       // The same through the minimal Node relay: what Node's HTTP/2 and sockets alone hold.
-      if (settings.paths.has('minimal')) websocket.minimal = await measure(async () => (await startMinimalRelay(processes, dir, config)).stack);
+      if (settings.paths.has('minimal')) websocket.minimal = await measure(async () => (await startMinimalRelay(processes, dir, config, 'minimal-websocket')).stack);
     }
 
     for (const line of skipped) log(`SKIPPED ${line}`);
