@@ -78,6 +78,12 @@ export const gatewayOptionsSchema = z.object({
     })
     .refine((l) => l.connectionWindowBytes > l.streamWindowBytes, { message: 'connectionWindowBytes must exceed streamWindowBytes' })
     .prefault({}),
+  /**
+   * HTTP/1.1 client connections: `connection` (default) binds a connection to one tunnel stream
+   * once its first request is authorized and the agent's route allows it (README: connection
+   * binding); `request` carries every request as its own tunnel stream.
+   */
+  binding: z.enum(['connection', 'request']).default('connection'),
   /** An HTTP/1.1 client connection gets this long to send a complete request head (408 HEADERS_TIMEOUT after it). */
   clientHeadersTimeoutMs: z.number().int().min(1).default(30_000),
   /** An HTTP/2 client session with no activity for this long is closed. */

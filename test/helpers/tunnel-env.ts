@@ -54,6 +54,12 @@ export interface TunnelEnvOptions {
   agents?: Array<Partial<AgentOptions> & { clusterId?: string; agentId?: string }>;
 }
 
+/**
+ * The gateway's binding mode for this test run: `TETHER_TEST_BINDING=request|connection` (default
+ * `connection`). `npm test` runs the tunnel suites once per mode.
+ */
+export const TEST_BINDING: 'connection' | 'request' = process.env.TETHER_TEST_BINDING === 'request' ? 'request' : 'connection';
+
 export async function startTunnelEnv(options: TunnelEnvOptions = {}): Promise<TunnelEnv> {
   const pki = await createTestPki();
   const issuer = await createTokenIssuer();
@@ -73,6 +79,7 @@ export async function startTunnelEnv(options: TunnelEnvOptions = {}): Promise<Tu
       logger: silentLogger(),
       pingIntervalMs: 1000,
       pingTimeoutMs: 2000,
+      binding: TEST_BINDING,
       ...options.gateway,
       ...extra,
     });
