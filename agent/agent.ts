@@ -20,7 +20,7 @@ import type { ReplicaInfo } from '../gateway/tunnel/index.js';
 import { AgentMetrics } from './metrics.js';
 import { agentOptionsSchema, type AgentConfig, type AgentConfigInput } from './options.js';
 import { RouteTable } from './routes.js';
-import type { StreamContext } from './stream-handler.js';
+import type { StreamContext } from './stream-context.js';
 import { TunnelConnection, type TlsMaterial } from './tunnel-connection.js';
 import { UpstreamPools } from './upstreams.js';
 import type { AgentXds } from './router/agent-xds.js';

@@ -15,14 +15,12 @@ import * as tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import http2wrapper from 'http2-wrapper';
 import { TetherError, getErrorCode } from '../common/errors.js';
-import type { Logger } from '../common/log.js';
-import { H_ERROR, filterHeaders, filterResponseHeaders, relay, statusOf } from '../gateway/tunnel/index.js';
+import { filterHeaders, filterResponseHeaders, relay } from '../gateway/tunnel/index.js';
 import type { AgentMetrics, StreamProtocol } from './metrics.js';
-import type { Route, RouteTable } from './routes.js';
-import type { StreamRouting } from './router/stream-routing.js';
+import type { Route } from './routes.js';
 import { forwardWithRetries, retriesApply } from './router/tunnel-retry.js';
 import { forwardOverPool } from './http1-upstream.js';
-import type { UpstreamPools } from './upstreams.js';
+import { fail, type StreamContext } from './stream-context.js';
 
 const { NGHTTP2_INTERNAL_ERROR, NGHTTP2_FLAG_END_STREAM } = http2.constants;
 
@@ -32,18 +30,6 @@ const { NGHTTP2_INTERNAL_ERROR, NGHTTP2_FLAG_END_STREAM } = http2.constants;
  * keep the handler's scope alive for a WebSocket's lifetime.
  */
 function ignoreError(): void {}
-
-export interface StreamContext {
-  routes: RouteTable;
-  pools: UpstreamPools;
-  upstreamTimeoutMs: number;
-  /** Trust bundle for `https://` upstreams. */
-  upstreamCa?: string;
-  metrics: AgentMetrics;
-  logger: Logger;
-  /** The built-in router (xDS); when set it replaces `routes` for HTTP and WebSocket streams. */
-  routing?: StreamRouting | null;
-}
 
 export function handleTunnelStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ctx: StreamContext): void {
   const method = headers[':method'];
@@ -90,21 +76,6 @@ function isGrpc(headers: IncomingHttpHeaders): boolean {
 
 function wantsTrailers(headers: IncomingHttpHeaders): boolean {
   return isGrpc(headers) || (typeof headers.te === 'string' && /trailers/i.test(headers.te));
-}
-
-/** Answer the stream with an error status and code, or reset it when a response already started. */
-export function fail(stream: ServerHttp2Stream, ctx: StreamContext, code: string, message: string): void {
-  ctx.metrics.upstreamErrors.inc({ code });
-  if (stream.destroyed || stream.closed) return;
-  // Whatever of the request body is still coming is read and dropped, so the stream can close
-  // (a relay to a failed upstream may have paused it).
-  stream.resume();
-  if (stream.headersSent) {
-    stream.close(NGHTTP2_INTERNAL_ERROR);
-    return;
-  }
-  stream.respond({ ':status': statusOf(code), [H_ERROR]: code, 'content-type': 'text/plain; charset=utf-8' });
-  stream.end(`${code}: ${message}\n`);
 }
 
 function upstreamCode(reason: unknown): string {

@@ -21,7 +21,8 @@ import {
   type ReplicaInfo,
   type TunnelLimits,
 } from '../gateway/tunnel/index.js';
-import { handleTunnelStream, type StreamContext } from './stream-handler.js';
+import type { StreamContext } from './stream-context.js';
+import { handleTunnelStream } from './stream-handler.js';
 
 export interface TlsMaterial {
   key: string;

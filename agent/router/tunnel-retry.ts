@@ -15,7 +15,7 @@ import type { Readable } from 'node:stream';
 import { TetherError, getErrorCode, getErrorMessage } from '../../common/errors.js';
 import { filterHeaders, filterResponseHeaders, relay as relayBytes } from '../../gateway/tunnel/index.js';
 import type { Route } from '../routes.js';
-import { fail, type StreamContext } from '../stream-handler.js';
+import { fail, type StreamContext } from '../stream-context.js';
 import type { StreamRoute } from './stream-routing.js';
 
 const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_REFUSED_STREAM, NGHTTP2_FLAG_END_STREAM } = http2.constants;
