@@ -8,7 +8,7 @@ import type { CertificateSource } from '../certs/index.js';
 import type { Closable } from '../common/lifecycle.js';
 import { once } from '../common/lifecycle.js';
 import type { Logger } from '../common/log.js';
-import { AgentClient } from '../control/agent-client.js';
+import { AgentClient } from './control-client.js';
 import { startEmbeddedDataproxy, type EmbeddedDataproxy, type EmbeddedDataproxyOptions } from './dataproxy/index.js';
 import { Executor } from './executor/index.js';
 

@@ -26,5 +26,3 @@ export { startDevControl, DEV_CONTROL_AUDIENCE } from './dev.js';
 export type { DevControlOptions } from './dev.js';
 export { AgentChannel, AgentChannelErrorCode, agentIdentityOf } from './agent-channel.js';
 export { storeClusterIdentities } from './identity.js';
-export { AgentClient } from './agent-client.js';
-export type { AgentClientOptions, AgentCredentials, AgentEvent } from './agent-client.js';

@@ -1,7 +1,7 @@
 /**
  * The executor: runs leased runs as local processes in the data plane. `start(run)` returns a
  * handle at once; phase events (INITIALIZING, RUNNING, then one of SUCCEEDED, FAILED, TIMED_OUT,
- * ABORTED) go to `onEvent`, shaped like `control`'s `AgentEvent`, so wiring is
+ * ABORTED) go to `onEvent`, shaped like `AgentEvent` of `agent/control-client`, so wiring is
  * `onEvent: (event) => agentClient.report(event)`, `onAssignment: (a) => executor.start(a)`,
  * `onAbort: (id, reason) => executor.abort(id, reason)`, `running: () => executor.running()`.
  *

@@ -53,7 +53,7 @@ export interface RunError {
   kind: 'USER' | 'SYSTEM' | 'UNKNOWN';
 }
 
-/** Shaped like `control`'s `AgentEvent`: pass it to `AgentClient.report()` as it is. */
+/** Shaped like the `AgentEvent` of `agent/control-client`: pass it to `AgentClient.report()` as it is. */
 export interface ExecutorEvent {
   runId: string;
   phase: Phase;

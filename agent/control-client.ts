@@ -20,9 +20,9 @@ import type { Closable } from '../common/lifecycle.js';
 import type { Logger } from '../common/log.js';
 import { silentLogger } from '../common/log.js';
 import { deserializerFor, methodPath, serializerFor } from '../xds/grpc-service.js';
-import * as pb from './gen/tether/control/v1/control_pb.js';
-import type { Phase } from './phases.js';
-import type { RunError } from './store/repository.js';
+import * as pb from '../control/gen/tether/control/v1/control_pb.js';
+import type { Phase } from '../control/phases.js';
+import type { RunError } from '../control/store/repository.js';
 
 export interface AgentCredentials {
   /** PEM private key (kept in memory only). */

@@ -2,8 +2,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
+import { AgentClient } from '../../agent/control-client.js';
 import { DevOidcIssuer } from '../../certs/dev-oidc-issuer.js';
-import { AgentClient } from '../../control/agent-client.js';
 import { parseControlConfig } from '../../control/config.js';
 import type * as pb from '../../control/gen/tether/control/v1/control_pb.js';
 import { Phase } from '../../control/phases.js';
@@ -22,7 +22,7 @@ test('the agent client survives a control-plane restart: runs started before it 
   const pki = await createTestPki();
   const issuer = new DevOidcIssuer();
   const issuerUrl = await issuer.listen();
-  const dir = mkdtempSync(join(tmpdir(), 'tether-control-agent-client-'));
+  const dir = mkdtempSync(join(tmpdir(), 'tether-agent-control-client-'));
   const kek = newKek('k1');
   const servers: ControlServer[] = [];
   t.teardown(async () => {
