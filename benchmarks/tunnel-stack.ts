@@ -7,7 +7,9 @@
  *
  * CONFIG.json (written 0600 by the benchmark into its temp folder) holds the certificates and
  * addresses. The gateway listens on loopback (TLS for agents, cleartext HTTP/1.1 + h2c for
- * clients; bearer JWTs checked against `auth` when given, else auth mode `none`); the agent dials it. Each sends `{ type: 'ready', ... }` on the IPC
+ * clients; bearer JWTs checked against `auth` when given, else auth mode `none`; HTTP/1.1 client
+ * connections bound to one tunnel stream or carried per request as `binding` says, else the
+ * gateway's default); the agent dials it. Each sends `{ type: 'ready', ... }` on the IPC
  * channel, answers `{ type: 'memory' }` (tunnel-memory.ts) and exits when the channel closes or on
  * SIGTERM.
  */
@@ -33,6 +35,12 @@ export interface StackConfig {
   connectionsPerGateway?: number;
   /** Gateway only: the issuer whose ES256 tokens clients present (as a deployment would run it). */
   auth?: { issuer: string; audience: string; jwks: { keys: Array<Record<string, unknown>> } };
+  /**
+   * Gateway only: `connection` binds an HTTP/1.1 client connection to one tunnel stream after its
+   * first request is authorized, `request` carries each request as its own stream (the gateway's
+   * `binding` option; its default when absent).
+   */
+  binding?: 'connection' | 'request';
 }
 
 export type StackMessage =
@@ -59,6 +67,7 @@ async function main(): Promise<void> {
       clusters: [config.clusterId],
       trustDomain: config.trustDomain,
       auth: config.auth === undefined ? { mode: 'none' } : { mode: 'jwt', issuers: [{ issuer: config.auth.issuer, audiences: [config.auth.audience], jwks: config.auth.jwks, algorithms: ['ES256'] }] },
+      ...(config.binding === undefined ? {} : { binding: config.binding }),
       drainGraceMs: 0,
       logger,
     });
