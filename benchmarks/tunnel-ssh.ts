@@ -1,10 +1,14 @@
 /**
- * The OpenSSH reverse tunnel the tunnel benchmark compares against: a private `sshd` on a loopback
+ * The OpenSSH reverse tunnels the tunnel benchmark compares against: a private `sshd` on a loopback
  * port (own host key, own authorized key, own config, foreground) and an `ssh -R` client on the
  * "agent side" forwarding loopback ports on the sshd side to the upstream's ports, with
- * aes128-gcm@openssh.com. The client holds a remote `cat` open instead of using `-N`: only a
- * session makes both ends set TCP_NODELAY (with `-N`, Nagle stalls about one request in 75 for
- * 40 ms). `cat` reads the client's stdin pipe, so it ends when the client does.
+ * aes128-gcm@openssh.com. Two variants (`SshVariant`), one sshd and one client each:
+ *
+ * - `session`: the client holds a remote `cat` open instead of using `-N`. Only a session makes
+ *   sshd set TCP_NODELAY on its side of the connection, so both ends run without Nagle. `cat`
+ *   reads the client's stdin pipe, so it ends when the client does.
+ * - `no-command`: `ssh -N -R`, as commonly run. No session, so sshd leaves Nagle on and about one
+ *   small request in 75 stalls 40 ms (delayed ACK) on its way through.
  */
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -16,6 +20,15 @@ export const SSH_CIPHER = 'aes128-gcm@openssh.com';
 const PRIVSEP_DIR = '/run/sshd';
 
 export class Skip extends Error {}
+
+/** `session`: `ssh -R ... cat` (TCP_NODELAY on both ends); `no-command`: `ssh -N -R` (Nagle on at sshd). */
+export type SshVariant = 'session' | 'no-command';
+
+/** How each variant runs, for logs and the results file. */
+export const SSH_VARIANTS: Record<SshVariant, string> = {
+  session: 'ssh -T -R ... cat: a remote command holds a session open, so sshd sets TCP_NODELAY too',
+  'no-command': 'ssh -N -T -R ...: no session, sshd leaves Nagle on (small requests can stall 40 ms)',
+};
 
 export interface SshTunnel {
   /** Forwarded port on the sshd side for each upstream port, in the order given. */
@@ -43,7 +56,7 @@ export async function waitForPort(port: number, timeoutMs: number): Promise<void
   }
 }
 
-export async function startSshTunnel(processes: Processes, dir: string, upstreamPorts: number[]): Promise<SshTunnel> {
+export async function startSshTunnel(processes: Processes, dir: string, upstreamPorts: number[], variant: SshVariant): Promise<SshTunnel> {
   const notes: string[] = [];
   const sshd = which('sshd');
   const ssh = which('ssh');
@@ -87,7 +100,7 @@ export async function startSshTunnel(processes: Processes, dir: string, upstream
   ].join('\n');
   const configFile = join(dir, 'sshd_config');
   await writeFile(configFile, config, { mode: 0o600 });
-  const daemon = processes.spawn('sshd', sshd, ['-f', configFile, '-D', '-e']);
+  const daemon = processes.spawn(`sshd (${variant})`, sshd, ['-f', configFile, '-D', '-e']);
   await Promise.race([
     waitForPort(port, 10_000),
     daemon.exited.then((code) => {
@@ -108,13 +121,17 @@ export async function startSshTunnel(processes: Processes, dir: string, upstream
     '-o', 'Compression=no',
     '-T',
   ];
+  if (variant === 'no-command') args.push('-N');
   for (const upstream of upstreamPorts) args.push('-R', `127.0.0.1:0:127.0.0.1:${upstream}`);
-  args.push(`${user}@127.0.0.1`, 'cat');
-  const client = processes.spawn('ssh -R', ssh, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  args.push(`${user}@127.0.0.1`);
+  if (variant === 'session') args.push('cat');
+  const name = variant === 'session' ? 'ssh -R (cat)' : 'ssh -N -R';
+  // stdin stays a pipe for both: `cat` reads it, and with -N nothing reads it.
+  const client = processes.spawn(name, ssh, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   const allocated = new Map<number, number>();
   const ready = new Promise<void>((resolve, reject) => {
     let seen = '';
-    const timer = setTimeout(() => reject(new Error(`ssh -R did not report its forwards within 15 s: ${client.output()}`)), 15_000);
+    const timer = setTimeout(() => reject(new Error(`${name} did not report its forwards within 15 s: ${client.output()}`)), 15_000);
     client.child.stderr?.on('data', (chunk: Buffer) => {
       seen += chunk.toString('utf8');
       for (const match of seen.matchAll(/Allocated port (\d+) for remote forward to [^:]+:(\d+)/g)) allocated.set(Number(match[2]), Number(match[1]));
@@ -125,7 +142,7 @@ export async function startSshTunnel(processes: Processes, dir: string, upstream
     });
     void client.exited.then((code) => {
       clearTimeout(timer);
-      reject(new Error(`ssh -R exited (${String(code)}): ${client.output()}`));
+      reject(new Error(`${name} exited (${String(code)}): ${client.output()}`));
     });
   });
   await ready;

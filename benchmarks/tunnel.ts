@@ -1,32 +1,46 @@
 /**
- * Tunnel benchmark (issue 3, "Must show" 6 and 7). In one go on loopback, the same loads against
- * four paths to one upstream:
+ * Tunnel benchmark (issue 3, "Must show" 6 and 7; issue 9, "Benchmark" and "Targets"). In one go on
+ * loopback, the same loads against these paths to one upstream (`--paths=` names):
  *
  * - `direct`: the upstream itself (HTTP/1.1 port; h2c port for h2load);
- * - `tether`: client → gateway's cleartext port (HTTP/1.1 or h2c) → HTTP/2 tunnel over mutual
- *   TLS 1.3 → agent → upstream, the gateway and the agent each in their own child process;
- * - `minimal`: the same shape (agent-dialed mutual TLS 1.3, reverse HTTP/2, one stream per
+ * - `tether-bound`: client → gateway's cleartext port (HTTP/1.1 or h2c) → HTTP/2 tunnel over mutual
+ *   TLS 1.3 → agent → upstream, the gateway and the agent each in their own child process, gateway
+ *   option `binding: 'connection'` (the default: an HTTP/1.1 client connection is bound to one
+ *   tunnel stream once its first request is authorized; HTTP/2 client connections, and so h2load,
+ *   go per request until HTTP/2 binding exists);
+ * - `tether-request`: the same with `binding: 'request'` (one tunnel stream per request);
+ * - `minimal`: the per-request shape (agent-dialed mutual TLS 1.3, reverse HTTP/2, one stream per
  *   request, two Node processes) with nothing but plain forwarding (`tunnel-minimal-relay.ts`):
  *   what Node's http and http2 cost on two hops before the gateway and agent do any of their work;
- * - `ssh -R`: a private sshd on a loopback port, and `ssh -R` (aes128-gcm@openssh.com, a session
+ * - `ssh`: a private sshd on a loopback port, and `ssh -R` (aes128-gcm@openssh.com, a remote `cat`
  *   held open so both ends set TCP_NODELAY) forwarding loopback ports on the sshd side to the
- *   upstream's HTTP/1.1 and h2c ports.
+ *   upstream's HTTP/1.1 and h2c ports;
+ * - `ssh-N`: the same with `ssh -N -R` (no session: sshd leaves Nagle on), its own sshd.
  *
- * Loads: `wrk -t2 -c64` and `wrk -t1 -c1` on a 1 KiB response (requests/s, p50, p99), `h2load
- * -c64 -m10` (requests/s), a 256 MiB download with curl (MB/s, median of runs); and the RSS of the
- * gateway and agent processes per idle WebSocket with 10,000 open through them (fresh processes,
- * a GC before each reading; the baseline after a warm-up once the heaps stop shrinking, then
- * readings 2 s after opening and again once the heaps stop shrinking: the target is checked on the
- * settled reading, both are reported). The upstream, the gateway, the agent and each load generator are
- * separate processes; every load has a time bound; every child is killed at the end, also on error.
+ * Loads (`--only=` names): `wrk64` (`wrk -t2 -c64`) and `wrk1` (`wrk -t1 -c1`) on a 1 KiB response
+ * (requests/s, p50, p99), `h2load` (`h2load -c64 -m10`, requests/s), `download` (256 MiB with curl,
+ * MB/s, median of runs); and `websocket`: the RSS of the gateway and agent processes per idle
+ * WebSocket with 10,000 open through them, on each tether path and the minimal relay selected
+ * (fresh processes, a GC before each reading; the baseline after a warm-up once the heaps stop
+ * shrinking, then readings 2 s after opening and again once the heaps stop shrinking: the target
+ * is checked on the settled reading, both are reported). The upstream, the gateway, the agent and
+ * each load generator are separate processes; every load has a time bound; every child (ssh and
+ * sshd too) is killed and the temp folder removed at the end, also on error and on SIGINT/SIGTERM.
  *
- * Options: `--duration=S` (10), `--warmup=S` (2), `--downloads=N` (3), `--websockets=N` (10000), `--websocket-runs=N` (3, median reported),
- * `--only=wrk64,wrk1,h2load,download,websocket`, `--paths=direct,tether,minimal,ssh`, `--profile` (CPU
- * profiles of the gateway and agent into `benchmarks/results/profiles/`).
+ * The report (tunnel-report.ts) checks issue 9's targets on the figures of this one run:
+ * `tether-bound` against the better of `ssh` and `ssh-N` per measure, `tether-request` against
+ * `minimal`, relay CPU and idle-WebSocket memory against fixed limits.
+ *
+ * Options: `--duration=S` (10), `--warmup=S` (2; 0 for none), `--downloads=N` (3), `--websockets=N`
+ * (10000), `--websocket-runs=N` (3, median reported), `--only=wrk64,wrk1,h2load,download,websocket`,
+ * `--paths=direct,tether-bound,tether-request,minimal,ssh,ssh-N`, `--quick` (a smoke test:
+ * duration 1, warm-up 0, 1 download, 200 WebSockets, 1 run; explicit options win), `--profile`
+ * (CPU profiles of the gateways and agents into `benchmarks/results/profiles/`), `--help`.
  *
  * Run with `npm run bench tunnel` (writes `benchmarks/results/tunnel.json`) or directly with
- * `node --import ./bin/typescript.js benchmarks/tunnel.ts`. Needs wrk, h2load (nghttp2-client), curl and
- * openssh-server/openssh-client; a missing tool skips its rows with the package to install.
+ * `node --import ./bin/typescript.js benchmarks/tunnel.ts` (writes nothing). Needs wrk, h2load
+ * (nghttp2-client), curl and openssh-server/openssh-client; a missing tool skips its rows with the
+ * package to install.
  */
 import { rmSync } from 'node:fs';
 import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
@@ -36,10 +50,10 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { CertificateAuthority } from '../certs/index.js';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 import type { MinimalRelayMessage } from './tunnel-minimal-relay.js';
-import { DOWNLOAD_BYTES_TOTAL, formatTable, targetChecks, type PathName, type Rows } from './tunnel-report.js';
+import { DOWNLOAD_BYTES_TOTAL, PATH_LABELS, PATH_NAMES, TETHER_PATHS, formatTable, targetChecks, type PathName, type Rows, type TetherPath, type WebSocketRows } from './tunnel-report.js';
 import { TOOL_PACKAGES, download, h2load, wrk, type H2loadResult, type LoadTarget, type WrkResult } from './tunnel-load.js';
 import { Processes, cpuSeconds, nextMessage, ofType, which, type Tracked } from './tunnel-processes.js';
-import { Skip, startSshTunnel } from './tunnel-ssh.js';
+import { SSH_VARIANTS, Skip, startSshTunnel, type SshVariant } from './tunnel-ssh.js';
 import type { StackConfig, StackMessage } from './tunnel-stack.js';
 import type { WsClientsMessage } from './tunnel-ws-clients.js';
 
@@ -57,6 +71,13 @@ const SETTLE_MAX_MS = 60_000;
 const SETTLE_TOLERANCE = 1024 * 1024;
 const LOADS = ['wrk64', 'wrk1', 'h2load', 'download', 'websocket'] as const;
 type Load = (typeof LOADS)[number];
+/** The gateway's `binding` option of each tether path. */
+const BINDINGS: Record<TetherPath, NonNullable<StackConfig['binding']>> = { 'tether-bound': 'connection', 'tether-request': 'request' };
+/** The ssh variant of each ssh path. */
+const SSH_PATH_VARIANTS: Array<[PathName, SshVariant]> = [
+  ['ssh', 'session'],
+  ['ssh-N', 'no-command'],
+];
 
 interface Settings {
   durationSec: number;
@@ -70,25 +91,44 @@ interface Settings {
   profile: boolean;
 }
 
+const USAGE = `usage: tunnel.ts [options]   (or: npm run bench -- tunnel [options], which writes benchmarks/results/tunnel.json)
+  --paths=LIST         of ${PATH_NAMES.join(',')} (default: all)
+  --only=LIST          of ${LOADS.join(',')} (default: all)
+  --duration=S         seconds per measured wrk/h2load run (10)
+  --warmup=S           seconds of warm-up before each, 0 for none (2)
+  --downloads=N        256 MiB downloads per path, median reported (3)
+  --websockets=N       idle WebSockets opened per memory run (10000)
+  --websocket-runs=N   memory runs per path, median reported (3)
+  --quick              smoke test: --duration=1 --warmup=0 --downloads=1 --websockets=200 --websocket-runs=1 (explicit options win)
+  --profile            CPU profiles of the gateways and agents into benchmarks/results/profiles/
+  --help               this text`;
+
 function parseArgs(args: readonly string[]): Settings {
+  const quick = args.includes('--quick');
   const value = (name: string): string | undefined => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
-  const number = (name: string, fallback: number): number => {
-    const parsed = Number(value(name));
-    return Number.isFinite(parsed) && parsed > 0 ? parsed : fallback;
+  const number = (name: string, fallback: number, quickValue: number, min = 1): number => {
+    const given = value(name);
+    if (given === undefined) return quick ? quickValue : fallback;
+    const parsed = Number(given);
+    if (!Number.isInteger(parsed) || parsed < min) throw new Error(`--${name}=${given}: a whole number ≥ ${min} is needed\n${USAGE}`);
+    return parsed;
   };
   const list = <T extends string>(name: string, all: readonly T[]): Set<T> => {
     const given = value(name);
     if (given === undefined) return new Set(all);
-    return new Set(given.split(',').filter((v): v is T => (all as readonly string[]).includes(v)));
+    const names = given.split(',').filter((v) => v !== '');
+    const unknown = names.filter((v) => !(all as readonly string[]).includes(v));
+    if (unknown.length > 0) throw new Error(`--${name}=: unknown ${unknown.join(', ')} (known: ${all.join(', ')})`);
+    return new Set(names as T[]);
   };
   return {
-    durationSec: number('duration', 10),
-    warmupSec: number('warmup', 2),
-    downloads: number('downloads', 3),
-    websockets: number('websockets', 10_000),
-    websocketRuns: number('websocket-runs', 3),
+    durationSec: number('duration', 10, 1),
+    warmupSec: number('warmup', 2, 0, 0),
+    downloads: number('downloads', 3, 1),
+    websockets: number('websockets', 10_000, 200),
+    websocketRuns: number('websocket-runs', 3, 1),
     loads: list('only', LOADS),
-    paths: list<PathName>('paths', ['direct', 'tether', 'minimal', 'ssh']),
+    paths: list<PathName>('paths', PATH_NAMES),
     profile: args.includes('--profile'),
   };
 }
@@ -191,6 +231,11 @@ async function memory(entry: Tracked): Promise<Memory> {
 }
 
 export async function run(args: string[] = []): Promise<Record<string, unknown>> {
+  if (args.includes('--help')) {
+    // Exit here, so that `npm run bench -- tunnel --help` does not write a results file either.
+    process.stdout.write(`${USAGE}\n`);
+    process.exit(0);
+  }
   const settings = parseArgs(args);
   const processes = new Processes();
   const dir = await mkdtemp(join(tmpdir(), 'tether-bench-tunnel-'));
@@ -254,42 +299,47 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
       paths.h2c.direct = { base: `http://127.0.0.1:${ports.h2c}`, headers, path: '/1k' };
     }
     const relayPids: Partial<Record<PathName, () => number[]>> = { direct: () => [] };
-    let stack: Stack | null = null;
+    // Relay processes up for the loads, stopped before the memory runs start their own.
+    const running: Stack[] = [];
     const loadTests = [...settings.loads].some((l) => l !== 'websocket');
-    if (settings.paths.has('tether') && loadTests) {
-      stack = await startStack(processes, dir, stackConfig, profileDir, 'load', { authorization: `Bearer ${client.token}` });
-      log(`tether gateway at ${stack.plainUrl} (agent: 2 tunnel connections)`);
-      paths.http.tether = { base: stack.plainUrl, headers };
-      paths.h2c.tether = { base: stack.plainUrl, headers, path: '/h2/1k' };
+    for (const path of TETHER_PATHS) {
+      if (!settings.paths.has(path) || !loadTests) continue;
+      const binding = BINDINGS[path];
+      const stack = await startStack(processes, dir, { ...stackConfig, binding }, profileDir, `${path}-load`, { authorization: `Bearer ${client.token}` });
+      running.push(stack);
+      log(`${path}: gateway (binding: ${binding}) at ${stack.plainUrl} (agent: 2 tunnel connections)`);
+      paths.http[path] = { base: stack.plainUrl, headers };
+      paths.h2c[path] = { base: stack.plainUrl, headers, path: '/h2/1k' };
       const pids = [stack.gateway.child.pid ?? 0, stack.agent.child.pid ?? 0];
-      relayPids.tether = () => pids;
+      relayPids[path] = () => pids;
     }
-    let minimal: Stack | null = null;
     if (settings.paths.has('minimal') && loadTests) {
       const started = await startMinimalRelay(processes, dir, stackConfig, 'minimal-load');
-      minimal = started.stack;
+      running.push(started.stack);
       paths.http.minimal = { base: started.stack.plainUrl, headers };
       paths.h2c.minimal = { base: started.h2cUrl, headers, path: '/h2/1k' };
       const pids = [started.stack.gateway.child.pid ?? 0, started.stack.agent.child.pid ?? 0];
       relayPids.minimal = () => pids;
       log(`minimal Node relay at ${started.stack.plainUrl} (h2c ${started.h2cUrl})`);
     }
-    if (settings.paths.has('ssh') && loadTests) {
+    // Each ssh variant gets its own sshd, so that the CPU of one is not counted for the other.
+    for (const [path, variant] of SSH_PATH_VARIANTS) {
+      if (!settings.paths.has(path) || !loadTests) continue;
       try {
-        const ssh = await startSshTunnel(processes, join(dir, 'ssh'), [ports.http, ports.h2c]);
+        const ssh = await startSshTunnel(processes, join(dir, path), [ports.http, ports.h2c], variant);
         notes.push(...ssh.notes);
         const [httpPort, h2cPort] = ssh.ports;
-        log(`ssh -R forwards 127.0.0.1:${String(httpPort)} → :${ports.http} and 127.0.0.1:${String(h2cPort)} → :${ports.h2c}`);
-        paths.http.ssh = { base: `http://127.0.0.1:${String(httpPort)}`, headers };
-        paths.h2c.ssh = { base: `http://127.0.0.1:${String(h2cPort)}`, headers, path: '/1k' };
-        relayPids.ssh = ssh.pids;
+        log(`${path} (${SSH_VARIANTS[variant]}) forwards 127.0.0.1:${String(httpPort)} → :${ports.http} and 127.0.0.1:${String(h2cPort)} → :${ports.h2c}`);
+        paths.http[path] = { base: `http://127.0.0.1:${String(httpPort)}`, headers };
+        paths.h2c[path] = { base: `http://127.0.0.1:${String(h2cPort)}`, headers, path: '/1k' };
+        relayPids[path] = ssh.pids;
       } catch (reason) {
         if (!(reason instanceof Skip)) throw reason;
-        skipped.push(`ssh -R (its column is skipped): ${reason.message}`);
+        skipped.push(`${path} (its column is skipped): ${reason.message}`);
       }
     }
 
-    const order: PathName[] = ['direct', 'tether', 'minimal', 'ssh'];
+    const order = PATH_NAMES;
     const { durationSec: seconds, warmupSec: warmup } = settings;
     const upstreamPid = upstream.child.pid ?? 0;
     const sumCpu = (pids: number[]): number => pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
@@ -356,16 +406,14 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
         return { megabytesPerSec: median?.megabytesPerSec ?? 0, runsMBps: runs.map((r) => Math.round(r.megabytesPerSec)), megabytes: (runs.length * DOWNLOAD_BYTES_TOTAL) / 1e6 };
       });
     }
-    for (const running of [stack, minimal]) {
-      if (running === null) continue;
-      await processes.stop(running.agent);
-      await processes.stop(running.gateway);
+    for (const stack of running.splice(0)) {
+      await processes.stop(stack.agent);
+      await processes.stop(stack.gateway);
     }
-    stack = null;
-    minimal = null;
 
-    let websocket: Record<string, unknown> | null = null;
-    if (settings.loads.has('websocket') && settings.paths.has('tether')) {
+    const websocket: WebSocketRows = {};
+    const websocketPaths = TETHER_PATHS.filter((path) => settings.paths.has(path));
+    if (settings.loads.has('websocket') && websocketPaths.length > 0) {
       const config = { ...stackConfig, maxConcurrentStreams: settings.websockets + 100 };
       const measure = async (start: () => Promise<Stack>): Promise<Record<string, unknown>> => {
         const runs: Array<Record<string, unknown>> = [];
@@ -374,7 +422,10 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
         const sorted = [...runs].sort((a, b) => total(a) - total(b));
         return { ...sorted[Math.floor((sorted.length - 1) / 2)], runs: runs.map((r) => ({ settled: r.kibPerSocket, at2s: r.kibPerSocketAt2s })) };
       };
-      websocket = await measure(() => startStack(processes, dir, config, profileDir, 'websocket', { authorization: `Bearer ${client.token}` }));
+      for (const path of websocketPaths) {
+        log(`idle WebSockets through ${path}`);
+        websocket[path] = await measure(() => startStack(processes, dir, { ...config, binding: BINDINGS[path] }, profileDir, `${path}-websocket`, { authorization: `Bearer ${client.token}` }));
+      }
       // The same through the minimal Node relay: what Node's HTTP/2 and sockets alone hold.
       if (settings.paths.has('minimal')) websocket.minimal = await measure(async () => (await startMinimalRelay(processes, dir, config, 'minimal-websocket')).stack);
     }
@@ -393,7 +444,12 @@ export async function run(args: string[] = []): Promise<Record<string, unknown>>
         websocketRuns: settings.websocketRuns,
         wrk: ['-t2 -c64 --latency', '-t1 -c1 --latency'],
         h2load: '-c64 -m10 -t1 (h2c prior knowledge)',
+        paths: order.filter((path) => settings.paths.has(path)),
+        loads: LOADS.filter((load) => settings.loads.has(load)),
+        pathLabels: PATH_LABELS,
+        bindings: BINDINGS,
         sshCipher: 'aes128-gcm@openssh.com',
+        sshVariants: Object.fromEntries(SSH_PATH_VARIANTS.map(([path, variant]) => [path, SSH_VARIANTS[variant]])),
         tunnel: 'gateway and agent in separate processes, 2 tunnel connections, default windows (4 MiB stream, 64 MiB connection), clients authenticated by an ES256 bearer JWT (verified-token cache on, the default)',
       },
       loadAverage,
