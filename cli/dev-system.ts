@@ -13,6 +13,13 @@
  *   and serves the dataproxy (signed URLs) through the tunnel,
  * - a demo upstream (or `--upstream URL`) behind the agent's default route.
  *
+ * Ports: the client listener (`listen`) and the control plane's JSON/HTTP API (`controlListen`)
+ * are chosen by the caller; a taken one fails with `PORT_IN_USE` naming the caller's flag
+ * (common/listen.ts). Every other listener is on 127.0.0.1 port 0 (the gateway's TLS and admin
+ * ports, the control plane's gRPC API and agents' channel, the agent's admin port, the dataproxy's
+ * blob server and API, the demo upstream), except the dev OIDC issuer, which takes the port saved
+ * in its state folder again (so tokens it minted keep verifying) and port 0 when that one is taken.
+ *
  * `startDevSystem()` is the library form used by the command and by its tests.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -29,6 +36,7 @@ import { userCaller } from '../control/service.js';
 import { TetherError } from '../common/errors.js';
 import type { Closable } from '../common/lifecycle.js';
 import { once } from '../common/lifecycle.js';
+import { formatHostPort, listenAs } from '../common/listen.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { Gateway, accessAuthorizer } from '../gateway/index.js';
 
@@ -46,14 +54,24 @@ export const DEV_ORG = 'dev';
 export const DEV_USER = 'dev';
 export const DEV_BUCKET = 'demo-data';
 
+/**
+ * An address to listen on; `flag` names the option that chose it in errors (`PORT_IN_USE`: "choose
+ * another with --listen HOST:PORT"), default the field's name in `DevOptions`.
+ */
+export interface DevListen {
+  host: string;
+  port: number;
+  flag?: string;
+}
+
 export interface DevOptions {
   stateDir: string;
   /** Cleartext client listener (HTTP/1.1 and h2c); port 0 picks one. */
-  listen: { host: string; port: number };
+  listen: DevListen;
   /** Point the demo cluster's default route at this HTTP server instead of the built-in demo. */
   upstream?: string;
-  /** The control plane's JSON/HTTP port; 0 picks one. Default 0. */
-  controlPort?: number;
+  /** The control plane's JSON/HTTP API; port 0 picks one. Default 127.0.0.1:0. */
+  controlListen?: DevListen;
   logger?: Logger;
 }
 
@@ -124,17 +142,22 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
     await issuer.listen();
     started.push(issuer);
 
-    const control = await startDevControl({
-      stateDir: join(stateDir, 'control'),
-      issuerUrl: issuer.issuer,
-      ca,
-      org: DEV_ORG,
-      admins: [DEV_USER],
-      httpPort: options.controlPort ?? 0,
-      logger: logger.child({ component: 'control' }),
-    });
+    const controlListen = options.controlListen ?? { host: '127.0.0.1', port: 0 };
+    const control = await listenAs(
+      startDevControl({
+        stateDir: join(stateDir, 'control'),
+        issuerUrl: issuer.issuer,
+        ca,
+        org: DEV_ORG,
+        admins: [DEV_USER],
+        httpHost: controlListen.host,
+        httpPort: controlListen.port,
+        logger: logger.child({ component: 'control' }),
+      }),
+      { ...controlListen, flag: controlListen.flag ?? 'controlListen' },
+    );
     started.push(control);
-    const controlUrl = `http://127.0.0.1:${control.httpPort}`;
+    const controlUrl = `http://${formatHostPort(dialable(controlListen.host), control.httpPort)}`;
     await control.service.registerCluster(userCaller(DEV_USER), {
       org: DEV_ORG,
       id: DEV_CLUSTER,
@@ -161,7 +184,7 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
       id: 'dev-gateway',
       tls: { key: gatewayCert.privateKeyPem, cert: gatewayCert.chainPem, ca: ca.trustBundlePem() },
       listen: { host: '127.0.0.1', port: 0 },
-      plainListen: options.listen,
+      plainListen: { host: options.listen.host, port: options.listen.port },
       baseDomain: DEV_BASE_DOMAIN,
       clusters: [DEV_CLUSTER],
       trustDomain: DEV_TRUST_DOMAIN,
@@ -172,8 +195,8 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
       drainGraceMs: 5_000,
       logger: logger.child({ component: 'gateway' }),
     });
-    await gateway.start();
-    started.push(gateway);
+    started.push(gateway); // before start(): a listener that did bind is closed when another fails
+    await listenAs(gateway.start(), { ...options.listen, flag: options.listen.flag ?? 'listen' });
 
     // The agent's identity: a projected-token stand-in exchanged for a 1 h certificate whose key
     // never leaves this process's memory.
@@ -258,6 +281,13 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
     await stopAll('close');
     throw reason;
   }
+}
+
+/** The host to dial for a listener bound to `host`: loopback for the unspecified addresses. */
+function dialable(host: string): string {
+  if (host === '0.0.0.0' || host === '') return '127.0.0.1';
+  if (host === '::') return '::1';
+  return host;
 }
 
 function serverClosable(server: Server): Closable {

@@ -25,6 +25,8 @@ export interface DevControlOptions {
   /** Subjects made org Admin; default `dev`. */
   admins?: string[];
   grpcPort?: number;
+  /** The JSON/HTTP API's address; default 127.0.0.1:0. */
+  httpHost?: string;
   httpPort?: number;
   agentPort?: number;
   logger?: Logger;
@@ -47,7 +49,7 @@ export async function startDevControl(options: DevControlOptions): Promise<Contr
     org: options.org ?? 'dev',
     store: { path: join(options.stateDir, 'control.db'), keyFile },
     grpc: { port: options.grpcPort ?? 0 },
-    http: { port: options.httpPort ?? 0 },
+    http: { host: options.httpHost ?? '127.0.0.1', port: options.httpPort ?? 0 },
     auth: { issuers: [{ issuer: options.issuerUrl, audience: options.audience ?? DEV_CONTROL_AUDIENCE }] },
     bootstrapAdmins: options.admins ?? ['dev'],
     allowFileUris: true,

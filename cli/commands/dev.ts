@@ -5,13 +5,14 @@ import { createLogger } from '../../common/log.js';
 import { handleSignals } from '../../common/shutdown.js';
 import { startDevSystem } from '../dev-system.js';
 
-export function parseHostPort(value: string): { host: string; port: number } {
+/** `HOST:PORT` (IPv6 in brackets) given to `flag`, kept with the flag's name for listen errors. */
+export function parseHostPort(value: string, flag = '--listen'): { host: string; port: number; flag: string } {
   const match = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(value);
   const port = Number(match?.[2]);
   if (match === null || match[1] === undefined || port > 65535) {
-    throw new TetherError('INVALID_OPTIONS', `--listen: expected HOST:PORT, got "${value}"`);
+    throw new TetherError('INVALID_OPTIONS', `${flag}: expected HOST:PORT, got "${value}"`);
   }
-  return { host: match[1].replace(/^\[|\]$/g, ''), port };
+  return { host: match[1].replace(/^\[|\]$/g, ''), port, flag };
 }
 
 export function registerDevCommand(program: Command): void {
@@ -21,17 +22,15 @@ export function registerDevCommand(program: Command): void {
     .option('--state-dir <dir>', 'where the local CA and dev issuer keys are kept', '.tether/dev')
     .option('--listen <host:port>', 'cleartext client listener (HTTP/1.1 and h2c); port 0 picks one', '127.0.0.1:8080')
     .option('--upstream <url>', "point the demo cluster's default route at this HTTP server")
-    .option('--control-port <port>', "the control plane's JSON/HTTP port on 127.0.0.1; 0 picks one", '7080')
-    .action(async (opts: { stateDir: string; listen: string; upstream?: string; controlPort: string }) => {
-      const controlPort = Number(opts.controlPort);
-      if (!Number.isInteger(controlPort) || controlPort < 0 || controlPort > 65535) {
-        throw new TetherError('INVALID_OPTIONS', `--control-port: expected 0..65535, got "${opts.controlPort}"`);
-      }
+    .option('--control-listen <host:port>', "the control plane's JSON/HTTP API; port 0 picks one", '127.0.0.1:7080')
+    .action(async (opts: { stateDir: string; listen: string; upstream?: string; controlListen: string }) => {
+      const listen = parseHostPort(opts.listen, '--listen');
+      const controlListen = parseHostPort(opts.controlListen, '--control-listen');
       const logger = createLogger('dev', process.env.TETHER_LOG_LEVEL ?? 'warn');
       const system = await startDevSystem({
         stateDir: opts.stateDir,
-        listen: parseHostPort(opts.listen),
-        controlPort,
+        listen,
+        controlListen,
         ...(opts.upstream === undefined ? {} : { upstream: opts.upstream }),
         logger,
       });

@@ -27,7 +27,7 @@ test('the README walkthrough works as written', async (t) => {
   const cwd = await mkdtemp(join(tmpdir(), 'tether-walkthrough-'));
   t.teardown(() => rm(cwd, { recursive: true, force: true }));
   await symlink(join(REPO, 'bin'), join(cwd, 'bin'));
-  const dev = await startDev(['--listen', '127.0.0.1:0', '--control-port', '0'], cwd);
+  const dev = await startDev(['--listen', '127.0.0.1:0', '--control-listen', '127.0.0.1:0'], cwd);
   t.teardown(() => dev.stop());
   t.truthy(dev.clientUrl, dev.stderr());
 

@@ -14,6 +14,8 @@ export interface DevProcess {
   controlUrl: string;
   host: string;
   stderr(): string;
+  /** The exit code once the process ends by itself (no signal sent) and its output is all read. */
+  exited(): Promise<number | null>;
   /** SIGTERM, then the exit code. */
   stop(): Promise<number | null>;
 }
@@ -25,6 +27,9 @@ export async function startDev(args: string[], cwd: string = REPO): Promise<DevP
     env: { ...process.env, TETHER_LOG_LEVEL: 'warn' },
   });
   const exited = once(child, 'exit');
+  // 'close' comes after 'exit' once stdout and stderr are read to their end.
+  const closed = once(child, 'close');
+  closed.catch(() => undefined);
   let stderr = '';
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   const printed: string[] = [];
@@ -36,6 +41,7 @@ export async function startDev(args: string[], cwd: string = REPO): Promise<DevP
     if (match?.[1] !== undefined && match[2] !== undefined) fields.set(match[1], match[2]);
     if (line.startsWith('Ctrl-C')) break;
   }
+  child.stdout?.resume(); // whatever it prints later is not read, but must not hold the pipe (or 'close') up
   return {
     child,
     printed,
@@ -43,6 +49,10 @@ export async function startDev(args: string[], cwd: string = REPO): Promise<DevP
     controlUrl: fields.get('control-url') ?? '',
     host: fields.get('host') ?? '',
     stderr: () => stderr,
+    exited: async () => {
+      const [code] = (await closed) as [number | null];
+      return code;
+    },
     stop: async () => {
       if (child.exitCode === null) child.kill('SIGTERM');
       const [code] = (await exited) as [number | null];
