@@ -19,6 +19,7 @@ import { parseOptions } from '../common/options.js';
 import type { ReplicaInfo } from '../gateway/tunnel/index.js';
 import { AgentMetrics } from './metrics.js';
 import { agentOptionsSchema, type AgentConfig, type AgentConfigInput } from './options.js';
+import { BoundStreams } from './bound-stream.js';
 import { RouteTable } from './routes.js';
 import type { StreamContext } from './stream-context.js';
 import { TunnelConnection, type TlsMaterial } from './tunnel-connection.js';
@@ -53,6 +54,7 @@ export class Agent implements Closable {
   private readonly logger: Logger;
   private readonly streams: StreamContext;
   private readonly pools: UpstreamPools;
+  private readonly bound = new BoundStreams();
   private readonly targets = new Map<string, Slot[]>();
   private readonly seeds: Set<string>;
   private admin: AdminServer | null = null;
@@ -83,6 +85,7 @@ export class Agent implements Closable {
       ...(this.config.upstreamCa === undefined ? {} : { upstreamCa: this.config.upstreamCa }),
       metrics: this.metrics,
       logger: this.logger,
+      bound: this.bound,
     };
     this.seeds = new Set(this.config.gateways);
   }
@@ -110,6 +113,20 @@ export class Agent implements Closable {
 
   get adminAddress(): AddressInfo | null {
     return this.admin?.address() ?? null;
+  }
+
+  /**
+   * Replace the static route table (and TCP targets). Requests from now on use the new table;
+   * connections bound through a route that is gone or changed are closed now (their clients'
+   * next requests are routed afresh).
+   */
+  setRoutes(routes: AgentConfig['routes'], tcpTargets: string[] = this.config.tcpTargets): void {
+    const table = new RouteTable(routes, tcpTargets);
+    this.config.routes = routes;
+    this.config.tcpTargets = tcpTargets;
+    this.streams.routes = table;
+    const closed = this.bound.closeMissingFrom(table);
+    if (closed > 0) this.logger.info({ closed }, 'closed bound connections of removed routes');
   }
 
   /** New certificates (renewal): used by every later dial. */

@@ -2,7 +2,8 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { ByteCounter } from '../gateway/tunnel/index.js';
 
-export type StreamProtocol = 'http' | 'grpc' | 'websocket' | 'tcp';
+/** `bound`: an HTTP/1.1 client connection bound to one upstream connection (agent/bound-stream.ts). */
+export type StreamProtocol = 'http' | 'grpc' | 'websocket' | 'tcp' | 'bound';
 
 export class AgentMetrics {
   readonly tunnelConnections: Gauge<'gateway'>;
@@ -21,6 +22,10 @@ export class AgentMetrics {
    */
   readonly bytesToGateway: ByteCounter;
   readonly bytesToUpstream: ByteCounter;
+  /** Bound connections' bytes, heads and chunk framing included (the agent does not parse them). */
+  readonly boundBytes: Counter<'direction'>;
+  readonly boundToGateway: ByteCounter;
+  readonly boundToUpstream: ByteCounter;
   private readonly activeByProtocol = new Map<StreamProtocol, { inc(): void; dec(): void }>();
 
   /** The streams-active gauge's child for `protocol`. */
@@ -47,5 +52,8 @@ export class AgentMetrics {
     this.bytes = new Counter({ name: 'tether_agent_bytes_total', help: 'Body bytes forwarded, by direction (to_upstream, to_gateway).', labelNames: ['direction'], registers });
     this.bytesToGateway = this.bytes.labels({ direction: 'to_gateway' });
     this.bytesToUpstream = this.bytes.labels({ direction: 'to_upstream' });
+    this.boundBytes = new Counter({ name: 'tether_agent_bound_bytes_total', help: 'Bytes relayed on bound client connections, heads included, by direction (to_upstream, to_gateway).', labelNames: ['direction'], registers });
+    this.boundToGateway = this.boundBytes.labels({ direction: 'to_gateway' });
+    this.boundToUpstream = this.boundBytes.labels({ direction: 'to_upstream' });
   }
 }

@@ -19,7 +19,8 @@ export const agentOptionsSchema = z.object({
   /** TLS server name to verify on the gateways' certificates (default: the host of each address). */
   serverName: z.string().optional(),
   connectionsPerGateway: z.number().int().min(1).max(16).default(2),
-  routes: z.array(z.object({ prefix: z.string().startsWith('/'), upstream: z.string() })).default([]),
+  /** `binding` (default `connection`): README, connection binding. */
+  routes: z.array(z.object({ prefix: z.string().startsWith('/'), upstream: z.string(), binding: z.enum(['connection', 'request']).optional() })).default([]),
   /** `host:port` targets a CONNECT stream may reach. */
   tcpTargets: z.array(z.string()).default([]),
   upstreamTimeoutMs: z.number().int().min(1).default(30_000),

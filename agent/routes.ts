@@ -6,10 +6,18 @@ import { TetherError } from '../common/errors.js';
 
 export type UpstreamKind = 'http1' | 'https' | 'h2c';
 
+/**
+ * `connection`: an HTTP/1.1 client connection whose first request takes this route may be bound
+ * to one upstream connection (README: connection binding); `request`: every request is carried
+ * and forwarded on its own (per-request policy, per-request metrics at the agent).
+ */
+export type RouteBinding = 'connection' | 'request';
+
 export interface Route {
   prefix: string;
   upstream: URL;
   kind: UpstreamKind;
+  binding: RouteBinding;
 }
 
 export interface RouteConfig {
@@ -17,6 +25,8 @@ export interface RouteConfig {
   prefix: string;
   /** `http://host:port` (HTTP/1.1, keep-alive pool), `https://…` (ALPN decides h2 or HTTP/1.1), `h2c://host:port` (HTTP/2 prior knowledge, gRPC). */
   upstream: string;
+  /** Default `connection` (`h2c://` routes are always `request`: the client's HTTP/1.1 bytes cannot go to them). */
+  binding?: RouteBinding;
 }
 
 export const INVALID_ROUTE = 'INVALID_ROUTE';
@@ -36,7 +46,8 @@ export class RouteTable {
         }
         const kind = kindOf(url);
         if (kind === null) throw new TetherError(INVALID_ROUTE, `route ${r.prefix}: unsupported scheme ${url.protocol}`);
-        return { prefix: r.prefix, upstream: url, kind };
+        const binding: RouteBinding = kind === 'h2c' ? 'request' : (r.binding ?? 'connection');
+        return { prefix: r.prefix, upstream: url, kind, binding };
       })
       .sort((a, b) => b.prefix.length - a.prefix.length);
     this.tcpTargets = new Set(tcpTargets.map((t) => t.toLowerCase()));
@@ -45,6 +56,20 @@ export class RouteTable {
   match(path: string): Route | null {
     for (const route of this.routes) if (path.startsWith(route.prefix)) return route;
     return null;
+  }
+
+  /** Whether this table holds a route equal to `route` (same prefix, upstream and binding). */
+  has(route: Route): boolean {
+    return this.routes.some((r) => r.prefix === route.prefix && r.upstream.href === route.upstream.href && r.binding === route.binding);
+  }
+
+  /**
+   * The paths a connection bound through `route` may carry: its prefix, less the longer prefixes
+   * of other routes inside it (longest prefix wins, so those paths belong to them).
+   */
+  scopeOf(route: Route): { prefix: string; exclude: string[]; base: string } {
+    const exclude = this.routes.filter((r) => r !== route && r.prefix.length > route.prefix.length && r.prefix.startsWith(route.prefix)).map((r) => r.prefix);
+    return { prefix: route.prefix, exclude, base: route.upstream.pathname.replace(/\/$/, '') };
   }
 
   /** Whether a CONNECT to `authority` (`host:port`) is allowed. */

@@ -14,13 +14,15 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import http2wrapper from 'http2-wrapper';
-import { TetherError, getErrorCode } from '../common/errors.js';
-import { filterHeaders, filterResponseHeaders, relay } from '../gateway/tunnel/index.js';
+import { TetherError } from '../common/errors.js';
+import { BIND_PROTOCOL, filterHeaders, filterResponseHeaders, relay } from '../gateway/tunnel/index.js';
 import type { AgentMetrics, StreamProtocol } from './metrics.js';
 import type { Route } from './routes.js';
 import { forwardWithRetries, retriesApply } from './router/tunnel-retry.js';
 import { forwardOverPool } from './http1-upstream.js';
-import { fail, type StreamContext } from './stream-context.js';
+import { fail, upstreamCode, upstreamTls, type StreamContext } from './stream-context.js';
+import { splice } from './splice.js';
+import { handleBindStream } from './bound-stream.js';
 
 const { NGHTTP2_INTERNAL_ERROR, NGHTTP2_FLAG_END_STREAM } = http2.constants;
 
@@ -35,7 +37,7 @@ export function handleTunnelStream(stream: ServerHttp2Stream, headers: IncomingH
   const method = headers[':method'];
   const protocol = headers[':protocol'];
   const kind: StreamProtocol =
-    method === 'CONNECT' ? (protocol === 'websocket' ? 'websocket' : 'tcp') : isGrpc(headers) ? 'grpc' : 'http';
+    method === 'CONNECT' ? (protocol === 'websocket' ? 'websocket' : protocol === BIND_PROTOCOL ? 'bound' : 'tcp') : isGrpc(headers) ? 'grpc' : 'http';
   ctx.metrics.streamsTotal.inc({ protocol: kind });
   const active = ctx.metrics.streamsActiveFor(kind);
   active.inc();
@@ -50,6 +52,7 @@ export function handleTunnelStream(stream: ServerHttp2Stream, headers: IncomingH
   };
 
   if (kind === 'tcp') return forwardTcp(stream, headers, ctx, setupDone);
+  if (kind === 'bound') return handleBindStream(stream, headers, ctx, setupDone);
   if (method === 'CONNECT' && protocol !== 'websocket') return fail(stream, ctx, 'BAD_REQUEST', 'unsupported :protocol');
   const path = headers[':path'] ?? '/';
   let route: Route | null;
@@ -78,14 +81,6 @@ function wantsTrailers(headers: IncomingHttpHeaders): boolean {
   return isGrpc(headers) || (typeof headers.te === 'string' && /trailers/i.test(headers.te));
 }
 
-function upstreamCode(reason: unknown): string {
-  if (reason instanceof TetherError) return reason.code;
-  const errno = getErrorCode(reason);
-  if (errno === 'ECONNREFUSED' || errno === 'EHOSTUNREACH' || errno === 'ENETUNREACH' || errno === 'ENOTFOUND' || errno === 'EAI_AGAIN') return 'UPSTREAM_REFUSED';
-  if (errno !== null && errno.startsWith('ERR_TLS')) return 'UPSTREAM_REFUSED';
-  if (errno === 'ETIMEDOUT' || errno === 'UND_ERR_CONNECT_TIMEOUT') return 'UPSTREAM_TIMEOUT';
-  return 'UPSTREAM_ERROR';
-}
 
 function upstreamPath(route: Route, path: string): string {
   const base = route.upstream.pathname.replace(/\/$/, '');
@@ -132,19 +127,6 @@ function forwardHttp1(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, r
   );
 }
 
-/**
- * TLS options for an `https://` upstream: verify against `upstreamCa` and the upstream URL's host
- * (the client's host travels in x-forwarded-host).
- */
-function upstreamTls(route: Route, ctx: StreamContext): Pick<tls.ConnectionOptions, 'rejectUnauthorized' | 'ca' | 'servername' | 'checkServerIdentity'> {
-  const host = route.upstream.hostname.replace(/^\[|\]$/g, '');
-  return {
-    rejectUnauthorized: true,
-    ...(ctx.upstreamCa === undefined ? {} : { ca: ctx.upstreamCa }),
-    ...(net.isIP(host) === 0 ? { servername: host } : {}),
-    checkServerIdentity: (_name, cert) => tls.checkServerIdentity(host, cert),
-  };
-}
 
 function relayHttp1(stream: ServerHttp2Stream, req: http.ClientRequest, trailers: boolean, ctx: StreamContext, setupDone: () => void): void {
   let response: IncomingMessage | null = null;
@@ -363,24 +345,4 @@ function forwardTcp(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ctx
     clearTimeout(timer);
     if (!connected) socket.destroy();
   });
-}
-
-/**
- * Pipe a tunnel stream and an upstream socket into each other, counting both directions; either
- * one's error or close tears down both.
- */
-export function splice(a: Duplex, b: Duplex, counters: Pick<AgentMetrics, 'bytesToUpstream' | 'bytesToGateway'>): void {
-  let done = false;
-  const teardown = (): void => {
-    if (done) return;
-    done = true;
-    a.destroy();
-    b.destroy();
-  };
-  a.on('error', teardown);
-  b.on('error', teardown);
-  a.on('close', teardown);
-  b.on('close', teardown);
-  relay(a, b, counters.bytesToUpstream);
-  relay(b, a, counters.bytesToGateway);
 }

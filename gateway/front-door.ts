@@ -17,8 +17,11 @@ import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../common/log.js';
 import type { GatewayMetrics } from './metrics.js';
 import type { GatewayConfig } from './options.js';
+import { BoundConnection, type BindingContext } from './binding/bound-connection.js';
+import type { Bindings } from './binding/bindings.js';
 import { HeaderDeadlines } from './header-deadlines.js';
 import { httpReason, type ClientProxy } from './proxy.js';
+import type { TunnelRegistry } from './tunnel-registry.js';
 import { H_ERROR, TUNNEL_ALPN, statusOf } from './tunnel/index.js';
 
 export interface ServerTls {
@@ -49,6 +52,8 @@ export class FrontDoor {
   private readonly listening = new Set<net.Server>();
   private readonly activity = new Map<http2.Http2Session, { open: number; last: number }>();
   private reaper: NodeJS.Timeout | null = null;
+  /** Binding mode's view of the gateway (null in per-request mode). */
+  private readonly binding: BindingContext | null;
 
   constructor(
     private readonly config: GatewayConfig,
@@ -57,11 +62,28 @@ export class FrontDoor {
     private readonly metrics: GatewayMetrics,
     private readonly logger: Logger,
     onTunnel: (socket: TLSSocket) => void,
+    tunnels: TunnelRegistry,
+    bindings: Bindings,
   ) {
     const limits = config.limits;
-    this.h1 = http.createServer({ maxHeaderSize: limits.maxClientHeaderBytes, requestTimeout: 0, headersTimeout: config.clientHeadersTimeoutMs, keepAliveTimeout: 5_000 });
+    this.h1 = http.createServer({ maxHeaderSize: limits.maxClientHeaderBytes, requestTimeout: 0, headersTimeout: config.clientHeadersTimeoutMs, keepAliveTimeout: config.clientKeepAliveTimeoutMs });
     this.headerDeadlines = new HeaderDeadlines(config.clientHeadersTimeoutMs, (socket) => this.headersTimedOut(socket));
     const deadlines = this.headerDeadlines;
+    this.binding =
+      config.binding === 'connection'
+        ? {
+            config,
+            tunnels,
+            proxy,
+            metrics,
+            logger,
+            deadlines,
+            toPerRequest: (socket, bytes) => this.toPerRequest(socket, bytes),
+            draining: () => this.draining,
+            track: (connection) => bindings.add(connection),
+            untrack: (connection) => bindings.delete(connection),
+          }
+        : null;
     this.h1.on('request', (req, res) => {
       // A request that reaches a draining gateway on an open connection is served (its tunnels
       // stay up while client connections are open), and its connection closes after the response.
@@ -181,11 +203,25 @@ export class FrontDoor {
     this.reaper = null;
   }
 
-  /** Hand a client connection to the HTTP/1.1 server: counted, and its first head is due. */
+  /**
+   * An HTTP/1.1 client connection: counted, and its first head is due. In binding mode it starts
+   * as a `BoundConnection`, which hands it to the per-request server when binding cannot carry it.
+   */
   private toHttp1(socket: Socket): void {
     this.h1Sockets.add(socket);
     this.headerDeadlines.opened(socket);
+    if (this.binding !== null) new BoundConnection(socket, this.binding);
+    else this.h1.emit('connection', socket);
+  }
+
+  /** The per-request HTTP/1.1 server takes over `socket`, reading `bytes` (already received) first. */
+  private toPerRequest(socket: Socket, bytes: Buffer): void {
+    if (socket.destroyed) return;
+    socket.pause();
+    if (bytes.length > 0) socket.unshift(bytes);
+    this.headerDeadlines.opened(socket);
     this.h1.emit('connection', socket);
+    socket.resume();
   }
 
   private track(socket: Socket): void {

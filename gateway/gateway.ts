@@ -14,6 +14,7 @@ import { once } from '../common/lifecycle.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { createRegistry } from '../common/metrics.js';
 import { parseOptions } from '../common/options.js';
+import { Bindings } from './binding/bindings.js';
 import { ClientAuthenticator, claimAuthorizer, type Authorizer } from './client-auth.js';
 import { FrontDoor, type ServerTls } from './front-door.js';
 import { GatewayMetrics } from './metrics.js';
@@ -37,6 +38,8 @@ export class Gateway implements Closable {
   readonly config: GatewayConfig;
   readonly metrics: GatewayMetrics;
   readonly tunnels = new TunnelRegistry();
+  /** HTTP/1.1 connections in binding mode. */
+  readonly bindings = new Bindings();
   private readonly logger: Logger;
   private readonly frontDoor: FrontDoor;
   private readonly acceptor: TunnelAcceptor;
@@ -62,7 +65,8 @@ export class Gateway implements Closable {
     this.acceptor = new TunnelAcceptor(this.config, this.tunnels, this.metrics, this.logger, checkAgent ?? ((socket) => this.defaultCheck(socket)), () =>
       this.replicas(),
     );
-    this.frontDoor = new FrontDoor(this.config, tls, proxy, this.metrics, this.logger, (socket: TLSSocket) => this.acceptor.accept(socket));
+    this.frontDoor = new FrontDoor(this.config, tls, proxy, this.metrics, this.logger, (socket: TLSSocket) => this.acceptor.accept(socket), this.tunnels, this.bindings);
+    this.tunnels.onDraining((tunnel) => this.bindings.tunnelDraining(tunnel));
     this.tunnels.onChange(() => {
       this.metrics.tunnelConnections.reset();
       for (const [cluster, n] of Object.entries(this.tunnels.countsByCluster())) this.metrics.tunnelConnections.set({ cluster }, n);
@@ -154,9 +158,36 @@ export class Gateway implements Closable {
     }
   }
 
-  /** Client requests being admitted plus streams open through the tunnels. */
+  /**
+   * Refuse these client identities (token subjects) from now on, in both binding modes: requests
+   * get 401 `IDENTITY_REVOKED`, and their bound connections close at once.
+   */
+  revokeSubjects(subjects: Iterable<string>): void {
+    const revoked = new Set(subjects);
+    this.proxy.revokedSubjects = revoked;
+    this.bindings.revoke(revoked);
+  }
+
+  /**
+   * Replace the registered clusters. Requests for a removed cluster get 404 `UNKNOWN_CLUSTER`,
+   * its bound connections close at once, and its agents' tunnels are closed.
+   */
+  setClusters(clusters: string[]): void {
+    const registered = new Set(clusters);
+    this.config.clusters = [...registered];
+    this.proxy.clusters = registered;
+    this.bindings.dropClusters(registered);
+    for (const tunnel of this.tunnels.all()) {
+      if (registered.has(tunnel.clusterId)) continue;
+      this.logger.warn({ cluster: tunnel.clusterId, agent: tunnel.agentId }, 'closing tunnel: cluster removed');
+      this.tunnels.remove(tunnel);
+      tunnel.session.destroy();
+    }
+  }
+
+  /** Client requests being admitted plus tunnel streams carrying an exchange (idle bound streams excluded). */
   private inFlight(): number {
-    return this.proxy.admitting + this.tunnels.all().reduce((n, t) => n + t.activeStreams, 0);
+    return this.proxy.admitting + this.tunnels.all().reduce((n, t) => n + t.activeStreams, 0) - this.bindings.idleStreams;
   }
 
   /**
@@ -174,6 +205,7 @@ export class Gateway implements Closable {
     const deadline = Date.now() + graceMs;
     this.acceptor.announceDrain(this.config.agentRetryAfterMs);
     const stopped = this.frontDoor.stopAccepting();
+    this.bindings.drain();
     // Also wait for open client connections, up to the keep-alive timeout: a request may still
     // arrive on one (see FrontDoor.stopAccepting), and closing the tunnels first answered it 503
     // NO_TUNNEL.
@@ -183,6 +215,7 @@ export class Gateway implements Closable {
       await new Promise<void>((resolve) => setTimeout(resolve, 25));
     }
     await this.acceptor.closeAll(Math.max(0, deadline - Date.now()));
+    this.bindings.destroyAll();
     this.frontDoor.destroyAll();
     await stopped;
     await this.admin?.drain();
@@ -192,6 +225,7 @@ export class Gateway implements Closable {
     this.acceptor.announceDrain(this.config.agentRetryAfterMs);
     const stopped = this.frontDoor.stopAccepting();
     await this.acceptor.closeAll(0);
+    this.bindings.destroyAll();
     this.frontDoor.destroyAll();
     await stopped;
     await this.admin?.close();

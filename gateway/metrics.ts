@@ -12,13 +12,14 @@ export class GatewayMetrics {
   readonly bytes: Counter<'direction'>;
   readonly streamRetries: Counter;
   readonly tokenCache: Counter<'result'>;
+  readonly bindings: Gauge<'cluster'>;
 
   /** `tokenCacheStats`: the authenticator's verified-token cache counts, read at scrape time. */
   constructor(readonly registry: Registry, tokenCacheStats: () => { hits: number; misses: number } = () => ({ hits: 0, misses: 0 })) {
     const registers = [registry];
     this.tunnelConnections = new Gauge({ name: 'tether_gateway_tunnel_connections', help: 'Live agent tunnel connections on this replica, per cluster.', labelNames: ['cluster'], registers });
     this.handshakes = new Counter({ name: 'tether_gateway_tunnel_handshakes_total', help: 'Agent tunnel handshakes by result and refusal reason.', labelNames: ['result', 'reason'], registers });
-    this.requestsTotal = new Counter({ name: 'tether_gateway_requests_total', help: 'Client requests carried into a tunnel, by cluster and protocol (http1, http2, grpc, websocket, tcp).', labelNames: ['cluster', 'protocol'], registers });
+    this.requestsTotal = new Counter({ name: 'tether_gateway_requests_total', help: 'Client requests carried into a tunnel, by cluster and protocol (http1, http1-bound, http2, grpc, websocket, tcp).', labelNames: ['cluster', 'protocol'], registers });
     this.requestsActive = new Gauge({ name: 'tether_gateway_concurrent_requests', help: 'Client requests in flight, per cluster.', labelNames: ['cluster'], registers });
     this.errors = new Counter({ name: 'tether_gateway_request_errors_total', help: 'Client requests answered with an error, by tether-error code.', labelNames: ['code'], registers });
     this.streamSetup = new Histogram({ name: 'tether_gateway_stream_setup_seconds', help: 'Time from opening the tunnel stream to its response headers.', labelNames: ['protocol'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers });
@@ -36,6 +37,7 @@ export class GatewayMetrics {
         this.inc({ result: 'miss' }, misses);
       },
     });
+    this.bindings = new Gauge({ name: 'tether_gateway_bound_connections', help: 'HTTP/1.1 client connections bound to one tunnel stream, per cluster.', labelNames: ['cluster'], registers });
     this.streamRetries = new Counter({ name: 'tether_gateway_stream_retries_total', help: 'Requests re-sent on another tunnel connection after a refused stream.', registers });
   }
 }

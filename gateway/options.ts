@@ -84,6 +84,10 @@ export const gatewayOptionsSchema = z.object({
    * binding); `request` carries every request as its own tunnel stream.
    */
   binding: z.enum(['connection', 'request']).default('connection'),
+  /** A bound connection's authorization is asked again at the first request after this long. */
+  bindingReauthorizeMs: z.number().int().min(0).default(10_000),
+  /** An idle HTTP/1.1 client connection (keep-alive, bound or not) is closed after this long. */
+  clientKeepAliveTimeoutMs: z.number().int().min(1).default(5_000),
   /** An HTTP/1.1 client connection gets this long to send a complete request head (408 HEADERS_TIMEOUT after it). */
   clientHeadersTimeoutMs: z.number().int().min(1).default(30_000),
   /** An HTTP/2 client session with no activity for this long is closed. */

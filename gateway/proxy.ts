@@ -64,7 +64,7 @@ function excluding(skipped: Set<AgentTunnel> | null, tunnel: AgentTunnel): Set<A
 
 type Kind = 'http1' | 'http2' | 'grpc' | 'websocket' | 'tcp';
 
-interface Admitted {
+export interface Admitted {
   clusterId: string;
   identity: ClientIdentity;
 }
@@ -95,17 +95,18 @@ export class RequestRejected extends Error {
 export class ClientProxy {
   /** The `tether-identity` value per verified identity, computed once (identities are reused per token). */
   private readonly identityHeaders = new WeakMap<ClientIdentity, string>();
-  private readonly bytesToClient: ByteCounter;
-  private readonly bytesToAgent: ByteCounter;
+  readonly bytesToClient: ByteCounter;
+  readonly bytesToAgent: ByteCounter;
 
   constructor(
     private readonly config: GatewayConfig,
     private readonly registry: TunnelRegistry,
     private readonly auth: ClientAuthenticator,
-    private readonly authorize: Authorizer,
+    readonly authorize: Authorizer,
     private readonly metrics: GatewayMetrics,
     private readonly logger: Logger,
   ) {
+    this.clusters = new Set(config.clusters);
     this.bytesToClient = metrics.bytes.labels({ direction: 'to_client' });
     this.bytesToAgent = metrics.bytes.labels({ direction: 'to_agent' });
   }
@@ -129,7 +130,12 @@ export class ClientProxy {
    */
   admitting = 0;
 
-  private async admit(headers: IncomingHttpHeaders, authority: string | undefined): Promise<Admitted> {
+  /** Registered clusters (`Gateway.setClusters` replaces them). */
+  clusters: ReadonlySet<string>;
+  /** Subjects refused from now on (`Gateway.revokeSubjects`), whatever their tokens say. */
+  revokedSubjects: ReadonlySet<string> = new Set();
+
+  async admit(headers: IncomingHttpHeaders, authority: string | undefined): Promise<Admitted> {
     this.admitting++;
     try {
       return await this.admitNow(headers, authority);
@@ -149,9 +155,10 @@ export class ClientProxy {
       const message = isTetherError(reason) ? reason.rawMessage : 'authentication failed';
       throw new RequestRejected('UNAUTHENTICATED', message, { 'www-authenticate': 'Bearer' });
     }
+    if (this.revokedSubjects.has(identity.subject)) throw new RequestRejected('IDENTITY_REVOKED', `${identity.subject} has been revoked`, { 'www-authenticate': 'Bearer' });
     const clusterId = this.clusterFor(authority, headers);
     if (clusterId === null) throw new RequestRejected('UNKNOWN_CLUSTER', 'the request names no cluster');
-    if (!this.config.clusters.includes(clusterId)) throw new RequestRejected('UNKNOWN_CLUSTER', `unknown cluster ${clusterId}`);
+    if (!this.clusters.has(clusterId)) throw new RequestRejected('UNKNOWN_CLUSTER', `unknown cluster ${clusterId}`);
     let allowed = false;
     try {
       allowed = await this.authorize(identity, clusterId);
@@ -165,7 +172,7 @@ export class ClientProxy {
     return { clusterId, identity };
   }
 
-  private tunnelHeaders(client: IncomingHttpHeaders, admitted: Admitted, remote: string | undefined, protocol: 'http1' | 'http2', pseudo: OutgoingHttpHeaders): OutgoingHttpHeaders {
+  tunnelHeaders(client: IncomingHttpHeaders, admitted: Admitted, remote: string | undefined, protocol: 'http1' | 'http2', pseudo: OutgoingHttpHeaders): OutgoingHttpHeaders {
     // One object, built in one pass. Its keys differ from request to request, so it starts as the
     // dictionary V8 would turn it into anyway (and Node copies it into one of those).
     const headers = Object.create(null) as OutgoingHttpHeaders;

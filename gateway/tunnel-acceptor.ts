@@ -109,7 +109,7 @@ export class TunnelAcceptor {
     readMessages(
       control,
       (message) => {
-        if (message.type === 'draining') tunnel.draining = true;
+        if (message.type === 'draining') this.registry.markDraining(tunnel);
       },
       () => session.destroy(),
     );
@@ -117,9 +117,7 @@ export class TunnelAcceptor {
       // Without its control stream the connection cannot be drained or told anything: replace it.
       if (!session.closed) session.close();
     });
-    session.on('goaway', () => {
-      tunnel.draining = true;
-    });
+    session.on('goaway', () => this.registry.markDraining(tunnel));
     // Register once the agent's SETTINGS (extended CONNECT, stream limits) are known.
     session.once('remoteSettings', () => {
       if (session.closed || session.destroyed) return;

@@ -18,6 +18,7 @@ export interface AgentTunnel {
 export class TunnelRegistry {
   private readonly byCluster = new Map<string, Set<AgentTunnel>>();
   private readonly listeners = new Set<() => void>();
+  private readonly drainListeners = new Set<(tunnel: AgentTunnel) => void>();
 
   add(tunnel: AgentTunnel): void {
     let set = this.byCluster.get(tunnel.clusterId);
@@ -70,6 +71,18 @@ export class TunnelRegistry {
     const out: Record<string, number> = {};
     for (const [cluster, set] of this.byCluster) out[cluster] = set.size;
     return out;
+  }
+
+  /** The agent (or GOAWAY) said `tunnel` is draining: it takes no new streams. */
+  markDraining(tunnel: AgentTunnel): void {
+    if (tunnel.draining) return;
+    tunnel.draining = true;
+    for (const listener of this.drainListeners) listener(tunnel);
+  }
+
+  onDraining(listener: (tunnel: AgentTunnel) => void): () => void {
+    this.drainListeners.add(listener);
+    return () => this.drainListeners.delete(listener);
   }
 
   onChange(listener: () => void): () => void {

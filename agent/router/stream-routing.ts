@@ -41,7 +41,8 @@ function kindOf(url: URL): UpstreamKind {
 }
 
 function asRoute(url: URL): Route {
-  return { prefix: '/', upstream: url, kind: kindOf(url) };
+  // Routed per request by the router (xDS routes carry per-request policy): never bound.
+  return { prefix: '/', upstream: url, kind: kindOf(url), binding: 'request' };
 }
 
 export class StreamRouting {

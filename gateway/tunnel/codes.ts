@@ -29,6 +29,10 @@ export const TunnelCodes = {
   HEADERS_TOO_LARGE: 431,
   /** An HTTP/1.1 client did not complete a request head within `clientHeadersTimeoutMs`. */
   HEADERS_TIMEOUT: 408,
+  /** The client's identity was revoked at this gateway (`Gateway.revokeSubjects`). */
+  IDENTITY_REVOKED: 401,
+  /** The token that opened a bound connection expired; the connection closes. */
+  BINDING_EXPIRED: 401,
   /** Malformed request (bad HTTP/1.1 framing, bad CONNECT target, …). */
   BAD_REQUEST: 400,
   /** The agent has no route for the request path. */

@@ -22,6 +22,46 @@ export const H_REQUEST_ID = 'tether-request-id';
 export const H_ERROR = 'tether-error';
 export const H_CONTROL = 'tether-control';
 
+/**
+ * Connection binding (README: connection binding): the gateway opens an extended CONNECT stream
+ * with this `:protocol` for an HTTP/1.1 client connection whose first request it authorized; the
+ * agent answers 200 with `tether-bind-scope` and relays the stream to one upstream connection, or
+ * refuses (any other status) and the gateway carries the connection's requests one by one.
+ */
+export const BIND_PROTOCOL = 'tether-bind-h1';
+/** JSON `BindScope`: the request paths the bound upstream serves, and the path prefix it adds. */
+export const H_BIND_SCOPE = 'tether-bind-scope';
+
+export interface BindScope {
+  /** Paths that start with `prefix` and with none of `exclude` reach the bound route. */
+  prefix: string;
+  exclude: string[];
+  /** Prepended to every request-target (the route's upstream path). */
+  base: string;
+  /** The agent's upstream timeout: a response head later than this is answered 504 UPSTREAM_TIMEOUT. */
+  timeoutMs?: number;
+}
+
+/** `path` is served by the bound route. */
+export function inBindScope(scope: BindScope, path: string): boolean {
+  if (!path.startsWith(scope.prefix)) return false;
+  for (const other of scope.exclude) if (path.startsWith(other)) return false;
+  return true;
+}
+
+export function parseBindScope(value: unknown): BindScope | null {
+  if (typeof value !== 'string') return null;
+  try {
+    const parsed = JSON.parse(value) as Partial<BindScope>;
+    if (typeof parsed.prefix !== 'string' || typeof parsed.base !== 'string' || !Array.isArray(parsed.exclude) || !parsed.exclude.every((e) => typeof e === 'string')) return null;
+    if (!parsed.prefix.startsWith('/') || /[\s\x00-\x1f\x7f]/.test(parsed.base)) return null;
+    const timeoutMs = typeof parsed.timeoutMs === 'number' && parsed.timeoutMs > 0 ? { timeoutMs: parsed.timeoutMs } : {};
+    return { prefix: parsed.prefix, exclude: parsed.exclude, base: parsed.base, ...timeoutMs };
+  } catch {
+    return null;
+  }
+}
+
 /** Hop-by-hop and connection-specific headers (RFC 9110 §7.6.1, RFC 9113 §8.2.2). */
 const HOP_BY_HOP = new Set([
   'connection',

@@ -9,7 +9,7 @@ import * as net from 'node:net';
 import type { Registry } from 'prom-client';
 import { failOnLeaks } from '../helpers/leaks.js';
 import { plainH1Request } from '../helpers/tunnel-clients.js';
-import { startTunnelEnv, type TunnelEnv } from '../helpers/tunnel-env.js';
+import { TEST_BINDING, startTunnelEnv, type TunnelEnv } from '../helpers/tunnel-env.js';
 import { startHttp1Upstream, startTcpEcho, type Upstream } from '../helpers/tunnel-upstreams.js';
 
 failOnLeaks(test);
@@ -45,10 +45,14 @@ async function bytes(registry: Registry, name: string): Promise<Record<string, n
   return out;
 }
 
-async function counters(): Promise<{ gateway: Record<string, number>; agent: Record<string, number> }> {
+async function counters(): Promise<{ gateway: Record<string, number>; agent: Record<string, number>; agentBound: Record<string, number> }> {
   const agent = env.agents[0];
   if (agent === undefined) throw new Error('no agent');
-  return { gateway: await bytes(env.gateway.registry, 'tether_gateway_bytes_total'), agent: await bytes(agent.registry, 'tether_agent_bytes_total') };
+  return {
+    gateway: await bytes(env.gateway.registry, 'tether_gateway_bytes_total'),
+    agent: await bytes(agent.registry, 'tether_agent_bytes_total'),
+    agentBound: await bytes(agent.registry, 'tether_agent_bound_bytes_total'),
+  };
 }
 
 function delta(after: Record<string, number>, before: Record<string, number>): Record<string, number> {
@@ -65,7 +69,16 @@ test.serial('an HTTP/1.1 POST: each end counts exactly the request and response 
   t.is(reply.body[0], 'y'.charCodeAt(0), 'the upstream received the whole body');
   const after = await counters();
   t.deepEqual(delta(after.gateway, before.gateway), { to_agent: REQUEST_BYTES, to_client: RESPONSE_BYTES });
-  t.deepEqual(delta(after.agent, before.agent), { to_upstream: REQUEST_BYTES, to_gateway: RESPONSE_BYTES });
+  if (TEST_BINDING === 'request') {
+    t.deepEqual(delta(after.agent, before.agent), { to_upstream: REQUEST_BYTES, to_gateway: RESPONSE_BYTES });
+    return;
+  }
+  // Bound: the agent relays the connection's bytes without parsing them, heads included, and
+  // counts them apart from the bodies it forwards per request.
+  t.true(Object.values(delta(after.agent, before.agent)).every((n) => n === 0));
+  const bound = delta(after.agentBound, before.agentBound);
+  t.true((bound.to_upstream ?? 0) > REQUEST_BYTES && (bound.to_upstream ?? 0) < REQUEST_BYTES + 4096, JSON.stringify(bound));
+  t.true((bound.to_gateway ?? 0) > RESPONSE_BYTES && (bound.to_gateway ?? 0) < RESPONSE_BYTES + 4096, JSON.stringify(bound));
 });
 
 test.serial('a CONNECT splice counts both directions on both ends', async (t) => {
