@@ -74,6 +74,8 @@ interface ClientSide {
   kind: Kind;
   /** Request body source (or the client's byte stream for WebSocket/CONNECT); null when bodyless. */
   body: Readable | null;
+  /** The body ended without all of it (HTTP/1.1: aborted or malformed). */
+  bodyIncomplete?: () => boolean;
   respondError(code: string, message: string, extra?: OutgoingHttpHeaders): void;
   /** Relay the response to the client, counting its body bytes in `bytesToClient`. */
   onResponse(tunnelStream: ClientHttp2Stream, headers: IncomingHttpHeaders, flags: number): void;
@@ -286,7 +288,11 @@ export class ClientProxy {
         body.resume();
       };
       const onEnd = (): void => {
-        if (attached) stream.end();
+        if (!attached) return;
+        // An HTTP/1.1 body cut short by a parse error or a lost connection also ends its stream:
+        // the upstream must not take what arrived as the whole body.
+        if (client.bodyIncomplete?.() === true) stream.close(NGHTTP2_CANCEL);
+        else stream.end();
       };
       detachBody = (): void => {
         if (!attached) return;
@@ -324,6 +330,7 @@ export class ClientProxy {
     const client: ClientSide = {
       kind: isGrpc(headers) ? 'grpc' : 'http1',
       body: bodyless || headers['content-length'] === '0' ? null : req,
+      bodyIncomplete: () => !req.complete,
       respondError: (code, message, extra = {}) => {
         this.metrics.errors.inc({ code });
         if (res.headersSent || res.destroyed) {
@@ -352,9 +359,17 @@ export class ClientProxy {
           if (!res.writableFinished) callback();
         }),
     };
-    this.admit(headers, headers.host).then(
+    const target = requestTarget(req.url ?? '/', headers.host);
+    if (target === null) {
+      client.respondError('BAD_REQUEST', 'the request-target is neither origin-form nor an http(s) absolute URI');
+      return;
+    }
+    this.admit(headers, target.authority).then(
       (admitted) => {
-        const pseudo = { ':method': req.method ?? 'GET', ':path': req.url ?? '/', ':authority': headers.host ?? admitted.clusterId, ':scheme': 'https' };
+        // The client may be gone by now, or answered 400 and closing (the parser refused the body
+        // while admission ran): a request it will never see answered must not reach the upstream.
+        if (req.destroyed || res.writableEnded || res.destroyed || req.socket.writableEnded) return;
+        const pseudo = { ':method': req.method ?? 'GET', ':path': target.path, ':authority': target.authority ?? admitted.clusterId, ':scheme': 'https' };
         this.forward(admitted.clusterId, this.tunnelHeaders(headers, admitted, req.socket.remoteAddress, 'http1', pseudo), client);
       },
       (reason: unknown) => this.rejected(client, reason),
@@ -556,6 +571,22 @@ function webSocketClient(socket: Duplex, key: string, raw: ReturnType<typeof raw
     onGone: (callback) => socket.on('close', callback),
   };
   return client;
+}
+
+/**
+ * The `:path` and authority of an HTTP/1.1 request-target: origin-form as it is; absolute-form
+ * (RFC 9112 §3.2.2) by its own authority, which replaces Host; `*` for OPTIONS. Null otherwise.
+ */
+function requestTarget(url: string, host: string | undefined): { path: string; authority: string | undefined } | null {
+  if (url.startsWith('/') || url === '*') return { path: url, authority: host };
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return null;
+  }
+  if ((parsed.protocol !== 'http:' && parsed.protocol !== 'https:') || parsed.username !== '' || parsed.password !== '') return null;
+  return { path: `${parsed.pathname}${parsed.search}`, authority: parsed.host };
 }
 
 function isGrpc(headers: IncomingHttpHeaders): boolean {

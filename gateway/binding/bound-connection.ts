@@ -149,7 +149,9 @@ export class BoundConnection {
       // A first request: admitted asynchronously, everything after it waits.
       this.socket.pause();
       this.ctx.deadlines.requestStarted(this.socket);
-      if (isHeadError(head) || !bindable(head)) queueMicrotask(() => this.perRequest());
+      // A head the strict scan refuses is refused here, not handed to a more lenient parser.
+      if (isHeadError(head)) queueMicrotask(() => this.onRequestError(head));
+      else if (!bindable(head)) queueMicrotask(() => this.perRequest());
       else void this.bindFirst(head);
       return null;
     }

@@ -40,7 +40,7 @@ export interface ResponseHead {
 }
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-const TARGET = /^[\x21-\x7e]+$/;
+const TARGET = /^[\x21-\x7e\x80-\xff]+$/;
 /** Field values: visible ASCII, obs-text, space and tab only (no NUL, CR, LF, other controls, DEL). */
 const BAD_VALUE = /[\x00-\x08\x0a-\x1f\x7f]/;
 const STATUS_LINE = /^HTTP\/1\.([01]) (\d{3})(?: [\t\x20-\x7e\x80-\xff]*)?$/;
