@@ -1,5 +1,6 @@
 /** The agent's Prometheus series (names after cloudflared's and Konnectivity's, research/tunnels.md A4/D6). */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { DeferredCounts } from '../common/metrics.js';
 import type { ByteCounter } from '../gateway/tunnel/index.js';
 
 /** `bound`: an HTTP/1.1 client connection bound to one upstream connection (agent/bound-stream.ts). */
@@ -26,6 +27,8 @@ export class AgentMetrics {
   readonly boundBytes: Counter<'direction'>;
   readonly boundToGateway: ByteCounter;
   readonly boundToUpstream: ByteCounter;
+  private readonly deferredBytes = new DeferredCounts<'direction'>();
+  private readonly deferredBoundBytes = new DeferredCounts<'direction'>();
   private readonly activeByProtocol = new Map<StreamProtocol, { inc(): void; dec(): void }>();
 
   /** The streams-active gauge's child for `protocol`. */
@@ -49,11 +52,30 @@ export class AgentMetrics {
     this.upstreamRetries = new Counter({ name: 'tether_agent_upstream_retries_total', help: 'Upstream tries retried by the built-in router on the tunnel path, by retry_on reason.', labelNames: ['reason'], registers });
     this.upstreamSetup = new Histogram({ name: 'tether_agent_upstream_setup_seconds', help: 'Time from stream arrival to the upstream response headers (or connect).', labelNames: ['protocol'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers });
     this.pingRtt = new Histogram({ name: 'tether_agent_ping_rtt_seconds', help: 'HTTP/2 PING round-trip time to the gateway.', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], registers });
-    this.bytes = new Counter({ name: 'tether_agent_bytes_total', help: 'Body bytes forwarded, by direction (to_upstream, to_gateway).', labelNames: ['direction'], registers });
-    this.bytesToGateway = this.bytes.labels({ direction: 'to_gateway' });
-    this.bytesToUpstream = this.bytes.labels({ direction: 'to_upstream' });
-    this.boundBytes = new Counter({ name: 'tether_agent_bound_bytes_total', help: 'Bytes relayed on bound client connections, heads included, by direction (to_upstream, to_gateway).', labelNames: ['direction'], registers });
-    this.boundToGateway = this.boundBytes.labels({ direction: 'to_gateway' });
-    this.boundToUpstream = this.boundBytes.labels({ direction: 'to_upstream' });
+    // Counted per chunk: plain numbers, handed to prom-client when collected.
+    const deferredBytes = this.deferredBytes;
+    this.bytes = new Counter({
+      name: 'tether_agent_bytes_total',
+      help: 'Body bytes forwarded, by direction (to_upstream, to_gateway).',
+      labelNames: ['direction'],
+      registers,
+      collect() {
+        deferredBytes.flush(this);
+      },
+    });
+    this.bytesToGateway = deferredBytes.child({ direction: 'to_gateway' });
+    this.bytesToUpstream = deferredBytes.child({ direction: 'to_upstream' });
+    const deferredBoundBytes = this.deferredBoundBytes;
+    this.boundBytes = new Counter({
+      name: 'tether_agent_bound_bytes_total',
+      help: 'Bytes relayed on bound client connections, heads included, by direction (to_upstream, to_gateway).',
+      labelNames: ['direction'],
+      registers,
+      collect() {
+        deferredBoundBytes.flush(this);
+      },
+    });
+    this.boundToGateway = deferredBoundBytes.child({ direction: 'to_gateway' });
+    this.boundToUpstream = deferredBoundBytes.child({ direction: 'to_upstream' });
   }
 }

@@ -22,3 +22,37 @@ export function createRegistry(options: RegistryOptions = {}): Registry {
 export function mergeRegistries(registries: Registry[]): Registry {
   return Registry.merge(registries);
 }
+
+/**
+ * Counts for a hot path (every chunk, every request): added up in plain numbers and handed to
+ * their prom-client counter when it is collected (a scrape, or `get()`). A labelled child's `inc`
+ * hashes its labels on every call, which a relay paid per chunk.
+ */
+export class DeferredCounts<L extends string> {
+  private readonly pending = new Map<string, { labels: Partial<Record<L, string>>; value: number }>();
+
+  /** A counter child for `labels` whose `inc` only adds to a number. */
+  child(labels: Partial<Record<L, string>>): { inc(value?: number): void } {
+    const key = JSON.stringify(labels);
+    let entry = this.pending.get(key);
+    if (entry === undefined) {
+      entry = { labels, value: 0 };
+      this.pending.set(key, entry);
+    }
+    const counted = entry;
+    return {
+      inc(value = 1) {
+        counted.value += value;
+      },
+    };
+  }
+
+  /** Hand what was counted to `counter` (call from its `collect`). */
+  flush(counter: { inc(labels: Partial<Record<L, string>>, value: number): void }): void {
+    for (const entry of this.pending.values()) {
+      if (entry.value === 0) continue;
+      counter.inc(entry.labels, entry.value);
+      entry.value = 0;
+    }
+  }
+}

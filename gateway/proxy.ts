@@ -109,8 +109,8 @@ export class ClientProxy {
     private readonly logger: Logger,
   ) {
     this.clusters = new Set(config.clusters);
-    this.bytesToClient = metrics.bytes.labels({ direction: 'to_client' });
-    this.bytesToAgent = metrics.bytes.labels({ direction: 'to_agent' });
+    this.bytesToClient = metrics.bytesToClient;
+    this.bytesToAgent = metrics.bytesToAgent;
   }
 
   /** The cluster a request is for: `tether-cluster` (when allowed), else `<cluster>.<baseDomain>`. */

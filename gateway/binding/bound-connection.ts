@@ -30,6 +30,7 @@ import { field, isHeadError, parseRequestHead, parseResponseHead, responseFramin
 
 const { NGHTTP2_CANCEL } = http2.constants;
 const HEADER_SAFE = /^[\x20-\x7e]*$/;
+const CLOSE_TOKEN = /(^|,)\s*close\s*(,|$)/i;
 
 export interface BindingContext {
   config: GatewayConfig;
@@ -113,7 +114,12 @@ export class BoundConnection {
   }
 
   private readonly onClientData = (chunk: Buffer): void => {
+    // A head and the body after it are forwarded in pieces: one DATA frame for all of them.
+    const stream = this.binding?.stream;
+    if (stream === undefined) return this.requests.push(chunk);
+    stream.cork();
     this.requests.push(chunk);
+    stream.uncork();
   };
 
   private readonly onClientDrain = (): void => {
@@ -168,39 +174,51 @@ export class BoundConnection {
     if (now >= this.expiresAt) return this.holdUntilIdle({ kind: 'refuse', code: 'BINDING_EXPIRED', message: 'the token that opened this connection has expired' });
     if (this.ctx.proxy.revokedSubjects.has(binding.admitted.identity.subject)) return this.holdUntilIdle({ kind: 'refuse', code: 'IDENTITY_REVOKED', message: 'the identity has been revoked' });
     if (now - this.authorizedAt >= this.ctx.config.bindingReauthorizeMs) return this.holdUntilIdle({ kind: 'reauthorize' });
-    return this.send(binding, head);
+    return this.send(binding, head, false, buffer.subarray(start, end));
   }
 
-  /** The head as forwarded: the client's `tether-*` fields replaced by the gateway's. */
-  private send(binding: Binding, head: RequestHead, first = false): HeadDecision {
+  /**
+   * The head as forwarded: the client's `tether-*` fields replaced by the gateway's. When the head
+   * has none of those, no hop-by-hop field to drop, no path prefix to add and no `connection:
+   * close` to add, its bytes go as received (`raw`) with the gateway's fields before the blank line.
+   */
+  private send(binding: Binding, head: RequestHead, first = false, raw?: Buffer): HeadDecision {
     const closing = this.closeAfterResponse || this.ctx.draining();
-    let text = `${head.method} ${binding.scope.base}${head.target} HTTP/1.1\r\n`;
     const { names, values } = head;
     // Hop-by-hop fields go no further (RFC 9110 §7.6.1), except what frames the bytes themselves
     // (Transfer-Encoding) and whether the upstream connection stays open (`connection: close`).
     const hop = hopByHop(head);
     let close = closing;
+    let tether = false;
     for (let i = 0; i < names.length; i++) {
       const name = names[i] as string;
-      if (name.startsWith(HEADER_PREFIX)) continue;
-      if (hop !== null && hop.has(name)) continue;
-      if (name === 'connection') {
-        if (/(^|,)\s*close\s*(,|$)/i.test(values[i] as string)) close = true;
-        continue;
+      if (name.startsWith(HEADER_PREFIX)) tether = true;
+      else if (name === 'connection' && CLOSE_TOKEN.test(values[i] as string)) close = true;
+    }
+    const requestId = `tether-request-id: ${randomUUID()}\r\n\r\n`;
+    let bytes: Buffer;
+    if (raw !== undefined && !closing && !tether && hop === null && binding.scope.base === '') {
+      const tail = `${binding.injected}${requestId}`;
+      bytes = Buffer.allocUnsafe(raw.length - 2 + tail.length);
+      raw.copy(bytes, 0, 0, raw.length - 2);
+      bytes.write(tail, raw.length - 2, 'latin1');
+    } else {
+      let text = `${head.method} ${binding.scope.base}${head.target} HTTP/1.1\r\n`;
+      for (let i = 0; i < names.length; i++) {
+        const name = names[i] as string;
+        if (name.startsWith(HEADER_PREFIX) || name === 'connection' || (hop !== null && hop.has(name))) continue;
+        text += `${name}: ${values[i] as string}\r\n`;
       }
-      text += `${name}: ${values[i] as string}\r\n`;
+      if (close) text += 'connection: close\r\n';
+      bytes = Buffer.from(`${text}${binding.injected}${requestId}`, 'latin1');
     }
-    if (close) {
-      text += 'connection: close\r\n';
-      this.closeAfterResponse = true;
-    }
-    text += `${binding.injected}tether-request-id: ${randomUUID()}\r\n\r\n`;
+    if (close) this.closeAfterResponse = true;
     binding.methods.push(head.method);
     if (binding.methods.length === 1) binding.headDue = Date.now() + binding.headTimeoutMs;
     binding.requests.inc();
     // The first head's deadline was stopped when it arrived.
     if (binding.methods.length === 1 && !first) this.ctx.deadlines.requestStarted(this.socket);
-    return { bytes: Buffer.from(text, 'latin1'), framing: head.framing };
+    return { bytes, framing: head.framing };
   }
 
   private sameAuthority(binding: Binding, head: RequestHead): boolean {
@@ -331,7 +349,7 @@ export class BoundConnection {
       injected,
       responses,
       methods: [],
-      requests: this.ctx.metrics.requestsTotal.labels({ cluster: admitted.clusterId, protocol: 'http1-bound' }),
+      requests: this.ctx.metrics.requestsFor(admitted.clusterId, 'http1-bound'),
       headDue: Infinity,
       ...headTimeout(this.ctx.config.responseTimeoutMs, scope.timeoutMs),
     };
@@ -341,7 +359,13 @@ export class BoundConnection {
     this.expiresAt = typeof exp === 'number' ? exp * 1000 : Infinity;
     this.ctx.metrics.bindings.inc({ cluster: admitted.clusterId });
     stream.once('close', () => this.onStreamClose(binding));
-    stream.on('data', (chunk: Buffer) => binding.responses.push(chunk));
+    const socket = this.socket;
+    stream.on('data', (chunk: Buffer) => {
+      // One write (one syscall) for a response head and the body bytes after it.
+      socket.cork();
+      binding.responses.push(chunk);
+      socket.uncork();
+    });
     stream.once('end', () => this.onStreamEnd(binding));
     stream.on('drain', () => {
       if (this.binding === binding && this.pending === null && !this.requests.isHeld) this.socket.resume();
