@@ -20,7 +20,9 @@ export const agentOptionsSchema = z.object({
   serverName: z.string().optional(),
   connectionsPerGateway: z.number().int().min(1).max(16).default(2),
   /** `binding` (default `connection`): README, connection binding. */
-  routes: z.array(z.object({ prefix: z.string().startsWith('/'), upstream: z.string(), binding: z.enum(['connection', 'request']).optional() })).default([]),
+  routes: z
+    .array(z.object({ prefix: z.string().startsWith('/'), upstream: z.string(), binding: z.enum(['connection', 'request']).optional(), forwardCredential: z.boolean().optional() }))
+    .default([]),
   /** `host:port` targets a CONNECT stream may reach. */
   tcpTargets: z.array(z.string()).default([]),
   upstreamTimeoutMs: z.number().int().min(1).default(30_000),

@@ -18,6 +18,8 @@ export interface Route {
   upstream: URL;
   kind: UpstreamKind;
   binding: RouteBinding;
+  /** Send the client's `authorization` on to the upstream (default false: it stays at the edge). */
+  forwardCredential: boolean;
 }
 
 export interface RouteConfig {
@@ -27,6 +29,8 @@ export interface RouteConfig {
   upstream: string;
   /** Default `connection` (`h2c://` routes are always `request`: the client's HTTP/1.1 bytes cannot go to them). */
   binding?: RouteBinding;
+  /** Forward the client's `authorization` header to the upstream (default false). */
+  forwardCredential?: boolean;
 }
 
 export const INVALID_ROUTE = 'INVALID_ROUTE';
@@ -47,7 +51,7 @@ export class RouteTable {
         const kind = kindOf(url);
         if (kind === null) throw new TetherError(INVALID_ROUTE, `route ${r.prefix}: unsupported scheme ${url.protocol}`);
         const binding: RouteBinding = kind === 'h2c' ? 'request' : (r.binding ?? 'connection');
-        return { prefix: r.prefix, upstream: url, kind, binding };
+        return { prefix: r.prefix, upstream: url, kind, binding, forwardCredential: r.forwardCredential === true };
       })
       .sort((a, b) => b.prefix.length - a.prefix.length);
     this.tcpTargets = new Set(tcpTargets.map((t) => t.toLowerCase()));
@@ -60,16 +64,16 @@ export class RouteTable {
 
   /** Whether this table holds a route equal to `route` (same prefix, upstream and binding). */
   has(route: Route): boolean {
-    return this.routes.some((r) => r.prefix === route.prefix && r.upstream.href === route.upstream.href && r.binding === route.binding);
+    return this.routes.some((r) => r.prefix === route.prefix && r.upstream.href === route.upstream.href && r.binding === route.binding && r.forwardCredential === route.forwardCredential);
   }
 
   /**
    * The paths a connection bound through `route` may carry: its prefix, less the longer prefixes
    * of other routes inside it (longest prefix wins, so those paths belong to them).
    */
-  scopeOf(route: Route): { prefix: string; exclude: string[]; base: string } {
+  scopeOf(route: Route): { prefix: string; exclude: string[]; base: string; forwardCredential: boolean } {
     const exclude = this.routes.filter((r) => r !== route && r.prefix.length > route.prefix.length && r.prefix.startsWith(route.prefix)).map((r) => r.prefix);
-    return { prefix: route.prefix, exclude, base: route.upstream.pathname.replace(/\/$/, '') };
+    return { prefix: route.prefix, exclude, base: route.upstream.pathname.replace(/\/$/, ''), forwardCredential: route.forwardCredential };
   }
 
   /** Whether a CONNECT to `authority` (`host:port`) is allowed. */

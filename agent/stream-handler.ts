@@ -88,7 +88,7 @@ function upstreamPath(route: Route, path: string): string {
 }
 
 function forwardHttp1(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: Route, ctx: StreamContext, setupDone: () => void): void {
-  const outHeaders = filterHeaders(headers, { dropTe: true });
+  const outHeaders = filterHeaders(headers, { dropTe: true, stripCredential: !route.forwardCredential });
   // https upstreams are reached by their own name (TLS identity and http2-wrapper's origin check);
   // the client's host goes along as x-forwarded-host.
   const clientHost = headers[':authority'];
@@ -173,7 +173,7 @@ function forwardH2c(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, rou
     return;
   }
   const outHeaders: OutgoingHttpHeaders = {
-    ...filterHeaders(headers),
+    ...filterHeaders(headers, { stripCredential: !route.forwardCredential }),
     ':method': headers[':method'] ?? 'GET',
     ':path': upstreamPath(route, headers[':path'] ?? '/'),
     ':authority': headers[':authority'] ?? route.upstream.host,
@@ -253,7 +253,7 @@ function releaseSession(session: http2.ClientHttp2Session): void {
 
 function forwardWebSocket(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, route: Route, ctx: StreamContext, setupDone: () => void): void {
   if (route.kind === 'h2c') return fail(stream, ctx, 'BAD_REQUEST', 'WebSocket needs an http:// upstream');
-  const outHeaders = filterHeaders(headers);
+  const outHeaders = filterHeaders(headers, { stripCredential: !route.forwardCredential });
   outHeaders.host = headers[':authority'] ?? route.upstream.host;
   outHeaders.connection = 'Upgrade';
   outHeaders.upgrade = 'websocket';

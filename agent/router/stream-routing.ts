@@ -42,7 +42,7 @@ function kindOf(url: URL): UpstreamKind {
 
 function asRoute(url: URL): Route {
   // Routed per request by the router (xDS routes carry per-request policy): never bound.
-  return { prefix: '/', upstream: url, kind: kindOf(url), binding: 'request' };
+  return { prefix: '/', upstream: url, kind: kindOf(url), binding: 'request', forwardCredential: false };
 }
 
 export class StreamRouting {

@@ -162,7 +162,7 @@ function tryOnce(route: Route, headers: IncomingHttpHeaders, ctx: StreamContext,
 }
 
 function tryHttp1(route: Route, headers: IncomingHttpHeaders, ctx: StreamContext, timeoutMs: number): Try {
-  const outHeaders = filterHeaders(headers);
+  const outHeaders = filterHeaders(headers, { stripCredential: !route.forwardCredential });
   delete outHeaders.te;
   outHeaders.host = headers[':authority'] ?? route.upstream.host;
   const req = http.request({
@@ -226,7 +226,7 @@ function tryH2c(route: Route, headers: IncomingHttpHeaders, ctx: StreamContext, 
     connected = !session.connecting;
     if (!connected) session.once('connect', () => (connected = true));
     const outHeaders: OutgoingHttpHeaders = {
-      ...filterHeaders(headers),
+      ...filterHeaders(headers, { stripCredential: !route.forwardCredential }),
       ':method': headers[':method'] ?? 'GET',
       ':path': `${route.upstream.pathname.replace(/\/$/, '')}${headers[':path'] ?? '/'}`,
       ':authority': headers[':authority'] ?? route.upstream.host,

@@ -31,6 +31,8 @@ import { field, isHeadError, parseRequestHead, parseResponseHead, responseFramin
 const { NGHTTP2_CANCEL } = http2.constants;
 const HEADER_SAFE = /^[\x20-\x7e]*$/;
 const CLOSE_TOKEN = /(^|,)\s*close\s*(,|$)/i;
+/** Every `authorization` field line of a head (the head parsed strictly: each line ends in CRLF). */
+const CREDENTIAL_LINE = /\r\nauthorization:[^\r]*/gi;
 
 export interface BindingContext {
   config: GatewayConfig;
@@ -188,25 +190,33 @@ export class BoundConnection {
     // Hop-by-hop fields go no further (RFC 9110 §7.6.1), except what frames the bytes themselves
     // (Transfer-Encoding) and whether the upstream connection stays open (`connection: close`).
     const hop = hopByHop(head);
+    // The client's credential stays at the edge unless the bound route forwards it.
+    const dropCredential = binding.scope.forwardCredential !== true;
     let close = closing;
     let tether = false;
+    let credential = false;
     for (let i = 0; i < names.length; i++) {
       const name = names[i] as string;
       if (name.startsWith(HEADER_PREFIX)) tether = true;
+      else if (name === 'authorization') credential = dropCredential;
       else if (name === 'connection' && CLOSE_TOKEN.test(values[i] as string)) close = true;
     }
     const requestId = `tether-request-id: ${randomUUID()}\r\n\r\n`;
     let bytes: Buffer;
     if (raw !== undefined && !closing && !tether && hop === null && binding.scope.base === '') {
       const tail = `${binding.injected}${requestId}`;
-      bytes = Buffer.allocUnsafe(raw.length - 2 + tail.length);
-      raw.copy(bytes, 0, 0, raw.length - 2);
-      bytes.write(tail, raw.length - 2, 'latin1');
+      if (credential) {
+        bytes = Buffer.from(`${raw.toString('latin1', 0, raw.length - 2).replace(CREDENTIAL_LINE, '')}${tail}`, 'latin1');
+      } else {
+        bytes = Buffer.allocUnsafe(raw.length - 2 + tail.length);
+        raw.copy(bytes, 0, 0, raw.length - 2);
+        bytes.write(tail, raw.length - 2, 'latin1');
+      }
     } else {
       let text = `${head.method} ${binding.scope.base}${head.target} HTTP/1.1\r\n`;
       for (let i = 0; i < names.length; i++) {
         const name = names[i] as string;
-        if (name.startsWith(HEADER_PREFIX) || name === 'connection' || (hop !== null && hop.has(name))) continue;
+        if (name.startsWith(HEADER_PREFIX) || name === 'connection' || (hop !== null && hop.has(name)) || (dropCredential && name === 'authorization')) continue;
         text += `${name}: ${values[i] as string}\r\n`;
       }
       if (close) text += 'connection: close\r\n';

@@ -40,6 +40,8 @@ export interface BindScope {
   base: string;
   /** The agent's upstream timeout: a response head later than this is answered 504 UPSTREAM_TIMEOUT. */
   timeoutMs?: number;
+  /** The route forwards the client's `authorization` to the upstream (default: the gateway drops it). */
+  forwardCredential?: boolean;
 }
 
 /** `path` is served by the bound route. */
@@ -56,7 +58,7 @@ export function parseBindScope(value: unknown): BindScope | null {
     if (typeof parsed.prefix !== 'string' || typeof parsed.base !== 'string' || !Array.isArray(parsed.exclude) || !parsed.exclude.every((e) => typeof e === 'string')) return null;
     if (!parsed.prefix.startsWith('/') || /[\s\x00-\x1f\x7f]/.test(parsed.base)) return null;
     const timeoutMs = typeof parsed.timeoutMs === 'number' && parsed.timeoutMs > 0 ? { timeoutMs: parsed.timeoutMs } : {};
-    return { prefix: parsed.prefix, exclude: parsed.exclude, base: parsed.base, ...timeoutMs };
+    return { prefix: parsed.prefix, exclude: parsed.exclude, base: parsed.base, ...timeoutMs, forwardCredential: parsed.forwardCredential === true };
   } catch {
     return null;
   }
@@ -82,6 +84,11 @@ export interface HeaderFilterOptions {
   stripTether?: boolean;
   /** Drop `te` as well (responses, and requests to HTTP/1.1 upstreams); by default `te: trailers` is kept. */
   dropTe?: boolean;
+  /**
+   * Drop `authorization`: the client's credential, which the gateway consumed (the agent's routes
+   * forward it only when they say so; README: the client's credential stays at the edge).
+   */
+  stripCredential?: boolean;
 }
 
 /**
@@ -101,12 +108,14 @@ export function filterHeaders(headers: IncomingHttpHeaders, options: HeaderFilte
     }
   }
   const stripTether = options.stripTether === true;
+  const stripCredential = options.stripCredential === true;
   const out = into;
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined || name.charCodeAt(0) === 58 /* ':' */) continue;
     if (HOP_BY_HOP.has(name) || (named !== null && named.has(name))) continue;
     if (stripTether && name.startsWith(HEADER_PREFIX)) continue;
+    if (stripCredential && name === 'authorization') continue;
     out[name] = value;
   }
   if (options.dropTe !== true) {
