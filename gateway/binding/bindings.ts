@@ -36,11 +36,14 @@ export class Bindings {
     return n;
   }
 
-  /** Close every binding whose token has expired, answer overdue response heads (the sweep timer calls this). */
+  /** Close every binding whose token has expired, answer overdue response heads, close idle connections (the sweep timer calls this). */
   sweep(now = Date.now()): void {
     for (const connection of this.connections) {
       if (connection.expiresAt <= now) connection.expire('BINDING_EXPIRED');
-      else connection.checkDeadline(now);
+      else {
+        connection.checkDeadline(now);
+        connection.closeIfIdle(now);
+      }
     }
   }
 

@@ -85,6 +85,8 @@ export class BoundConnection {
   private authorizedAt = 0;
   /** Identity expiry in ms (the token's `exp`); the binding ends at it. */
   expiresAt = Infinity;
+  /** When the client last sent bytes or was last answered (ms since epoch). */
+  private lastActive = Date.now();
 
   constructor(
     readonly socket: Socket,
@@ -94,7 +96,6 @@ export class BoundConnection {
     socket.on('data', this.onClientData);
     socket.on('drain', this.onClientDrain);
     socket.on('close', this.onClientClose);
-    socket.setTimeout(ctx.config.clientKeepAliveTimeoutMs, this.onIdleTimeout);
     ctx.track(this);
   }
 
@@ -116,6 +117,7 @@ export class BoundConnection {
   }
 
   private readonly onClientData = (chunk: Buffer): void => {
+    this.lastActive = Date.now();
     // A head and the body after it are forwarded in pieces: one DATA frame for all of them.
     const stream = this.binding?.stream;
     if (stream === undefined) return this.requests.push(chunk);
@@ -132,11 +134,16 @@ export class BoundConnection {
     this.shutdown('destroy');
   };
 
-  private readonly onIdleTimeout = (): void => {
-    if (this.binding === null || this.idle) {
-      if (this.requests.idle) this.end();
-    }
-  };
+  /**
+   * The sweep: a connection with no exchange in progress and no head arriving for
+   * `clientKeepAliveTimeoutMs` is closed, as the per-request server closes idle keep-alive
+   * connections. (The sweep's timestamps replace a socket timeout, which Node re-arms on every
+   * read and write.)
+   */
+  closeIfIdle(now: number): void {
+    if (this.done || now - this.lastActive < this.ctx.config.clientKeepAliveTimeoutMs) return;
+    if ((this.binding === null || this.idle) && this.requests.idle) this.end();
+  }
 
   private newRequestFramer(): H1Framer {
     const sink: FramerSink = {
@@ -430,6 +437,7 @@ export class BoundConnection {
     const binding = this.binding;
     if (binding === null) return;
     binding.methods.shift();
+    this.lastActive = Date.now();
     if (binding.methods.length > 0) {
       binding.headDue = Date.now() + binding.headTimeoutMs;
       return;
@@ -607,7 +615,6 @@ export class BoundConnection {
     this.socket.off('data', this.onClientData);
     this.socket.off('drain', this.onClientDrain);
     this.socket.off('close', this.onClientClose);
-    this.socket.setTimeout(0);
     this.ctx.untrack(this);
   }
 }

@@ -12,6 +12,7 @@ import test from 'ava';
 import { once } from 'node:events';
 import * as http from 'node:http';
 import * as net from 'node:net';
+import type { GatewayOptions } from '../../gateway/index.js';
 import { failOnLeaks } from '../helpers/leaks.js';
 import { splitHostPort } from '../helpers/tunnel-clients.js';
 import { startTunnelEnv, type TunnelEnv } from '../helpers/tunnel-env.js';
@@ -371,8 +372,8 @@ test.serial('removing the route closes the connections bound through it; the nex
 });
 
 /** A gateway and one agent of c1 of their own, for tests that remove or end what they bind through. */
-async function ownEnv(): Promise<TunnelEnv & { url: string }> {
-  const own = await startTunnelEnv({ clusters: ['c1', 'c2'], gateway: { binding: 'connection' }, agents: [{ clusterId: 'c1', agentId: 'own', routes: ROUTES_C1() }] });
+async function ownEnv(gateway: Partial<GatewayOptions> = {}): Promise<TunnelEnv & { url: string }> {
+  const own = await startTunnelEnv({ clusters: ['c1', 'c2'], gateway: { binding: 'connection', ...gateway }, agents: [{ clusterId: 'c1', agentId: 'own', routes: ROUTES_C1() }] });
   const url = own.gateway.plainUrl;
   if (url === null) throw new Error('no plain port');
   return Object.assign(own, { url });
@@ -439,4 +440,19 @@ test.serial('drain: the response in flight on a bound connection completes (told
     await own.close();
   }
   t.deepEqual(seenA.map((s) => s.path), ['/first', '/slow']);
+});
+
+test.serial('an idle bound connection closes at the keep-alive timeout, not before', async (t) => {
+  const own = await ownEnv({ clientKeepAliveTimeoutMs: 400 });
+  const token = await own.token(['c1'], 'alice');
+  const client = await Client.open(own.url);
+  try {
+    t.is((await client.request('/first', { host: host('c1'), authorization: `Bearer ${token}` })).status, 200);
+    const idleSince = Date.now();
+    await client.closedWithin(3_000);
+    t.true(Date.now() - idleSince >= 350, 'not before the timeout');
+  } finally {
+    client.close();
+    await own.close();
+  }
 });
