@@ -85,6 +85,8 @@ export class BoundConnection {
   private authorizedAt = 0;
   /** Identity expiry in ms (the token's `exp`); the binding ends at it. */
   expiresAt = Infinity;
+  /** Body bytes of the request being sent (its limit: `maxRequestBodyBytes`). */
+  private requestBodyBytes = 0;
   /** When the client last sent bytes or was last answered (ms since epoch). */
   private lastActive = Date.now();
 
@@ -149,7 +151,9 @@ export class BoundConnection {
     const sink: FramerSink = {
       onHead: (buffer, start, end) => this.onRequestHead(buffer, start, end),
       forward: (bytes, body) => this.toAgent(bytes, body),
-      onMessageEnd: () => undefined,
+      onMessageEnd: () => {
+        this.requestBodyBytes = 0;
+      },
       onError: (error) => this.onRequestError(error),
     };
     return new H1Framer(sink, this.ctx.config.limits.maxClientHeaderBytes);
@@ -270,7 +274,17 @@ export class BoundConnection {
   private toAgent(bytes: Buffer, body: boolean): void {
     const binding = this.binding;
     if (binding === null) return;
-    if (body) this.ctx.proxy.bytesToAgent.inc(bytes.length);
+    if (body) {
+      // A Content-Length over the limit never binds (per request answers 413); a chunked body is
+      // counted as it goes.
+      const max = this.ctx.config.limits.maxRequestBodyBytes;
+      this.requestBodyBytes += bytes.length;
+      if (max !== undefined && this.requestBodyBytes > max) {
+        this.onRequestError({ code: 'BODY_TOO_LARGE', message: `request body exceeds ${max} bytes` });
+        return;
+      }
+      this.ctx.proxy.bytesToAgent.inc(bytes.length);
+    }
     if (!binding.stream.write(bytes)) this.socket.pause();
   }
 
@@ -407,8 +421,10 @@ export class BoundConnection {
     const binding = this.binding;
     const head = parseResponseHead(buffer, start, end);
     if (binding === null || isHeadError(head)) {
+      // Nothing of it reaches the client: the connection is cut now, and what the framer still
+      // passes on finds the socket destroyed.
       this.ctx.metrics.errors.inc({ code: 'UPSTREAM_ERROR' });
-      queueMicrotask(() => this.shutdown('destroy'));
+      this.shutdown('destroy');
       return { bytes: Buffer.alloc(0), framing: 'raw' };
     }
     if (head.status === 101) {

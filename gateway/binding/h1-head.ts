@@ -9,7 +9,7 @@
 
 /** Why a head was refused: the tunnel code it is answered with, and a message. */
 export interface HeadError {
-  code: 'BAD_REQUEST' | 'HEADERS_TOO_LARGE';
+  code: 'BAD_REQUEST' | 'HEADERS_TOO_LARGE' | 'BODY_TOO_LARGE';
   message: string;
 }
 

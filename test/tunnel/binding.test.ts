@@ -26,11 +26,16 @@ interface Seen {
   headers: http.IncomingHttpHeaders;
 }
 
-/** An upstream that answers JSON `{ name, path, subject }` and records each request with its connection's port. */
+/** An upstream that answers JSON `{ name, path, subject }` and records each complete request with its connection's port. */
 async function recordingUpstream(name: string, seen: Seen[], hold?: { waiting: Promise<void>; started: () => void }): Promise<Upstream> {
   return startHttp1Upstream((req, res) => {
-    seen.push({ path: req.url ?? '', port: req.socket.remotePort ?? 0, headers: req.headers });
+    // Recorded and answered once the whole request has arrived.
     req.resume();
+    req.once('end', () => answer(req, res));
+  });
+
+  function answer(req: http.IncomingMessage, res: http.ServerResponse): void {
+    seen.push({ path: req.url ?? '', port: req.socket.remotePort ?? 0, headers: req.headers });
     const body = JSON.stringify({ name, path: req.url, subject: req.headers['tether-subject'] ?? null });
     if (req.url === '/slow' && hold !== undefined) {
       res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) });
@@ -41,7 +46,7 @@ async function recordingUpstream(name: string, seen: Seen[], hold?: { waiting: P
     }
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) });
     res.end(body);
-  });
+  }
 }
 
 interface RawReply {
@@ -455,4 +460,24 @@ test.serial('an idle bound connection closes at the keep-alive timeout, not befo
     client.close();
     await own.close();
   }
+});
+
+test.serial('a chunked body over maxRequestBodyBytes on a bound connection: 413 BODY_TOO_LARGE, and the upstream never gets it whole', async (t) => {
+  const own = await ownEnv({ limits: { maxRequestBodyBytes: 1000 } });
+  const token = await own.token(['c1'], 'alice');
+  const client = await Client.open(own.url);
+  try {
+    t.is((await client.request('/first', { host: host('c1'), authorization: `Bearer ${token}` })).status, 200);
+    const chunk = 'x'.repeat(600);
+    client.socket.write(`POST /big HTTP/1.1\r\nhost: ${host('c1')}\r\nauthorization: Bearer ${token}\r\ntransfer-encoding: chunked\r\n\r\n`);
+    client.socket.write(`258\r\n${chunk}\r\n258\r\n${chunk}\r\n0\r\n\r\n`);
+    const reply = await client.read();
+    t.is(reply.status, 413);
+    t.is(reply.headers['tether-error'], 'BODY_TOO_LARGE');
+    await client.closedWithin(2_000);
+  } finally {
+    client.close();
+    await own.close();
+  }
+  t.deepEqual(seenA.map((s) => s.path), ['/first'], 'the oversized request was never answered by the upstream');
 });
