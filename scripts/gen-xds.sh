@@ -34,6 +34,7 @@ ROOTS=(
   envoy/extensions/filters/http/router/v3/router.proto
   envoy/extensions/filters/http/rbac/v3/rbac.proto
   envoy/extensions/filters/http/jwt_authn/v3/config.proto
+  envoy/extensions/filters/listener/proxy_protocol/v3/proxy_protocol.proto
 )
 # Where each top-level folder lives inside the source package's deps/, and its licence.
 declare -A DEP_OF=([envoy]=envoy-api [xds]=xds [udpa]=xds [validate]=protoc-gen-validate [google]=googleapis)

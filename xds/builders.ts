@@ -1,8 +1,11 @@
 /**
  * Small constructors for the resources tether serves: EDS clusters fed over ADS, load assignments,
  * route configurations with weighted clusters, HTTP listeners for Envoy, API listeners for
- * proxyless gRPC, and TLS secrets. Used by the config-file server, the agent and the tests.
+ * proxyless gRPC, TLS secrets, and the sovereign listener (PROXY protocol, downstream TLS,
+ * jwt_authn, RBAC) with the cluster its remote JWKS is fetched through. Used by the config-file
+ * server, the agent and the tests.
  */
+import { isIP } from 'node:net';
 import { create, toBinary } from '@bufbuild/protobuf';
 import type { Any } from '@bufbuild/protobuf/wkt';
 import { AnySchema } from '@bufbuild/protobuf/wkt';
@@ -21,13 +24,41 @@ import type { Secret } from './gen/envoy/extensions/transport_sockets/tls/v3/sec
 import { HttpConnectionManagerSchema } from './gen/envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager_pb.js';
 import type { HttpConnectionManager } from './gen/envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager_pb.js';
 import { RouterSchema } from './gen/envoy/extensions/filters/http/router/v3/router_pb.js';
-import { HCM_TYPE_URL, ROUTER_TYPE_URL } from './references.js';
+import { ProxyProtocolSchema } from './gen/envoy/extensions/filters/listener/proxy_protocol/v3/proxy_protocol_pb.js';
+import { JwtAuthenticationSchema, RemoteJwksSchema } from './gen/envoy/extensions/filters/http/jwt_authn/v3/config_pb.js';
+import { ApiVersion } from './gen/envoy/config/core/v3/config_source_pb.js';
+import { DataSourceSchema, TransportSocketSchema } from './gen/envoy/config/core/v3/base_pb.js';
+import { ProxyProtocolConfig_Version } from './gen/envoy/config/core/v3/proxy_protocol_pb.js';
+import type { JwtProvider } from './gen/envoy/extensions/filters/http/jwt_authn/v3/config_pb.js';
+import { RBACSchema as RbacFilterSchema } from './gen/envoy/extensions/filters/http/rbac/v3/rbac_pb.js';
+import { RBAC_Action } from './gen/envoy/config/rbac/v3/rbac_pb.js';
+import type { Permission, Principal } from './gen/envoy/config/rbac/v3/rbac_pb.js';
+import { PermissionSchema, PrincipalSchema } from './gen/envoy/config/rbac/v3/rbac_pb.js';
+import { DownstreamTlsContextSchema, UpstreamTlsContextSchema } from './gen/envoy/extensions/transport_sockets/tls/v3/tls_pb.js';
+import { TlsParameters_TlsProtocol } from './gen/envoy/extensions/transport_sockets/tls/v3/common_pb.js';
+import { HttpConnectionManager_CodecType } from './gen/envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager_pb.js';
+import {
+  DOWNSTREAM_TLS_TYPE_URL,
+  HCM_TYPE_URL,
+  JWT_AUTHN_FILTER,
+  JWT_AUTHN_TYPE_URL,
+  PROXY_PROTOCOL_FILTER,
+  PROXY_PROTOCOL_TYPE_URL,
+  RBAC_FILTER,
+  RBAC_TYPE_URL,
+  ROUTER_TYPE_URL,
+} from './references.js';
+import { TYPE_PREFIX } from './resource-types.js';
 
 function pack(typeUrl: string, value: Uint8Array): Any {
   return create(AnySchema, { typeUrl, value });
 }
 
 const ADS = { configSourceSpecifier: { case: 'ads' as const, value: {} } };
+
+function duration(ms: number): { seconds: bigint; nanos: number } {
+  return { seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1e6 };
+}
 
 export interface ClusterSpec {
   name: string;
@@ -152,4 +183,208 @@ export function tlsSecret(name: string, certificateChainPem: string, privateKeyP
       },
     },
   });
+}
+
+// ---- the sovereign listener ----------------------------------------------------------------
+
+/** Who a policy admits (Envoy RBAC principals). Several in one policy: any of them. */
+export type PrincipalSpec =
+  | { any: true }
+  /** A JWT claim (a key, or a path of keys into nested objects) whose value is exactly `equals`. */
+  | { claim: string | string[]; equals: string }
+  /** A JWT claim holding a list (e.g. roles) that contains `includes`. */
+  | { claim: string | string[]; includes: string }
+  /** The client address (from PROXY protocol) in a CIDR block. */
+  | { remoteIp: string }
+  /** The directly connected peer (the load balancer) in a CIDR block. */
+  | { directRemoteIp: string }
+  | { and: PrincipalSpec[] }
+  | { or: PrincipalSpec[] };
+
+/** What a policy admits to (Envoy RBAC permissions). Several in one policy: any of them. */
+export type PermissionSpec = { any: true } | { pathPrefix: string } | { path: string };
+
+export interface SovereignListenerSpec {
+  name: string;
+  /** Where the listener listens: loopback or an in-cluster address. */
+  address: string;
+  port: number;
+  /** The RouteConfiguration read over ADS. */
+  routeConfigName: string;
+  /** The customer's server certificate: inline PEM, or an SDS secret (over ADS) by name. */
+  tls: { certificateChainPem: string; privateKeyPem: string } | { sdsSecretName: string };
+  /** Lowest TLS version; default TLSv1_2 (never lower). */
+  minTlsVersion?: 'TLSv1_2' | 'TLSv1_3';
+  /** ALPN offered; default `['h2', 'http/1.1']` (the built-in router negotiates http/1.1). */
+  alpnProtocols?: string[];
+  jwt: {
+    /** Provider name; default `customer-idp`. */
+    provider?: string;
+    issuer: string;
+    audiences: string[];
+    /** Remote JWKS (fetched through `cluster`, which the snapshot must hold, see `jwksCluster`) or a JWKS JSON inline. */
+    jwks: { remote: { uri: string; cluster: string; timeoutMs?: number; cacheDurationMs?: number } } | { local: string };
+    /** Pass the verified token upstream (default false: the `authorization` header is removed). */
+    forward?: boolean;
+    claimToHeaders?: Array<{ claim: string; header: string }>;
+    /** Path prefixes that require a valid token; default `['/']`. */
+    requirePrefixes?: string[];
+    clockSkewSeconds?: number;
+    /** Metadata key the verified payload is stored under for RBAC; default `jwt_payload`. */
+    payloadInMetadata?: string;
+  };
+  /** RBAC rules; ALLOW by default (a request no policy matches is refused). */
+  rbac: { action?: 'ALLOW' | 'DENY'; policies: Record<string, { principals: PrincipalSpec[]; permissions?: PermissionSpec[] }> };
+  /** Refuse PROXY protocol v1 or v2 (default: both accepted). */
+  disallowProxyVersions?: Array<'V1' | 'V2'>;
+}
+
+export const DEFAULT_JWT_PROVIDER = 'customer-idp';
+export const DEFAULT_PAYLOAD_KEY = 'jwt_payload';
+
+function cidr(block: string): { addressPrefix: string; prefixLen: number } {
+  const slash = block.indexOf('/');
+  const address = slash < 0 ? block : block.slice(0, slash);
+  const bits = slash < 0 ? (address.includes(':') ? 128 : 32) : Number(block.slice(slash + 1));
+  return { addressPrefix: address, prefixLen: bits };
+}
+
+function principal(spec: PrincipalSpec, payloadKey: string): Principal {
+  if ('any' in spec) return create(PrincipalSchema, { identifier: { case: 'any', value: true } });
+  if ('remoteIp' in spec) return create(PrincipalSchema, { identifier: { case: 'remoteIp', value: cidr(spec.remoteIp) } });
+  if ('directRemoteIp' in spec) return create(PrincipalSchema, { identifier: { case: 'directRemoteIp', value: cidr(spec.directRemoteIp) } });
+  if ('and' in spec) return create(PrincipalSchema, { identifier: { case: 'andIds', value: { ids: spec.and.map((p) => principal(p, payloadKey)) } } });
+  if ('or' in spec) return create(PrincipalSchema, { identifier: { case: 'orIds', value: { ids: spec.or.map((p) => principal(p, payloadKey)) } } });
+  const keys = typeof spec.claim === 'string' ? [spec.claim] : spec.claim;
+  const exact = (value: string) => ({ matchPattern: { case: 'stringMatch' as const, value: { matchPattern: { case: 'exact' as const, value } } } });
+  const value = 'equals' in spec ? exact(spec.equals) : { matchPattern: { case: 'listMatch' as const, value: { matchPattern: { case: 'oneOf' as const, value: exact(spec.includes) } } } };
+  return create(PrincipalSchema, {
+    identifier: {
+      case: 'metadata',
+      value: { filter: JWT_AUTHN_FILTER, path: [payloadKey, ...keys].map((key) => ({ segment: { case: 'key' as const, value: key } })), value },
+    },
+  });
+}
+
+function permission(spec: PermissionSpec): Permission {
+  if ('any' in spec) return create(PermissionSchema, { rule: { case: 'any', value: true } });
+  const pattern = 'pathPrefix' in spec ? { case: 'prefix' as const, value: spec.pathPrefix } : { case: 'exact' as const, value: spec.path };
+  return create(PermissionSchema, { rule: { case: 'urlPath', value: { rule: { case: 'path', value: { matchPattern: pattern } } } } });
+}
+
+/**
+ * The listener Envoy (or the built-in router's sovereign front) is given for a sovereign cluster:
+ * the PROXY protocol listener filter (v1 and v2, required), one filter chain whose transport
+ * socket is a DownstreamTlsContext with the customer's certificate (TLS 1.2+), and an HCM with
+ * jwt_authn → rbac → router, reading its routes over ADS. `use_remote_address` makes Envoy take
+ * the client address from the connection (as PROXY protocol restored it), never from a header.
+ */
+export function sovereignListener(spec: SovereignListenerSpec): Listener {
+  const providerName = spec.jwt.provider ?? DEFAULT_JWT_PROVIDER;
+  const payloadKey = spec.jwt.payloadInMetadata ?? DEFAULT_PAYLOAD_KEY;
+  const jwks = spec.jwt.jwks;
+  const jwksSourceSpecifier: JwtProvider['jwksSourceSpecifier'] =
+    'remote' in jwks
+      ? {
+          case: 'remoteJwks',
+          value: create(RemoteJwksSchema, {
+            httpUri: { uri: jwks.remote.uri, httpUpstreamType: { case: 'cluster', value: jwks.remote.cluster }, timeout: duration(jwks.remote.timeoutMs ?? 5000) },
+            cacheDuration: duration(jwks.remote.cacheDurationMs ?? 600_000),
+          }),
+        }
+      : { case: 'localJwks', value: create(DataSourceSchema, { specifier: { case: 'inlineString', value: jwks.local } }) };
+  const jwtAuthn = create(JwtAuthenticationSchema, {
+    providers: {
+      [providerName]: {
+        issuer: spec.jwt.issuer,
+        audiences: spec.jwt.audiences,
+        jwksSourceSpecifier,
+        forward: spec.jwt.forward ?? false,
+        payloadInMetadata: payloadKey,
+        claimToHeaders: (spec.jwt.claimToHeaders ?? []).map((c) => ({ claimName: c.claim, headerName: c.header })),
+        ...(spec.jwt.clockSkewSeconds === undefined ? {} : { clockSkewSeconds: spec.jwt.clockSkewSeconds }),
+      },
+    },
+    rules: (spec.jwt.requirePrefixes ?? ['/']).map((prefix) => ({
+      match: { pathSpecifier: { case: 'prefix' as const, value: prefix } },
+      requirementType: { case: 'requires' as const, value: { requiresType: { case: 'providerName' as const, value: providerName } } },
+    })),
+  });
+  const rbac = create(RbacFilterSchema, {
+    rules: {
+      action: spec.rbac.action === 'DENY' ? RBAC_Action.DENY : RBAC_Action.ALLOW,
+      policies: Object.fromEntries(
+        Object.entries(spec.rbac.policies).map(([name, policy]) => [
+          name,
+          { principals: policy.principals.map((p) => principal(p, payloadKey)), permissions: (policy.permissions ?? [{ any: true }]).map(permission) },
+        ]),
+      ),
+    },
+  });
+  const hcm = create(HttpConnectionManagerSchema, {
+    statPrefix: 'sovereign',
+    codecType: HttpConnectionManager_CodecType.AUTO,
+    useRemoteAddress: true,
+    routeSpecifier: { case: 'rds', value: { routeConfigName: spec.routeConfigName, configSource: ADS } },
+    httpFilters: [
+      { name: JWT_AUTHN_FILTER, configType: { case: 'typedConfig', value: pack(JWT_AUTHN_TYPE_URL, toBinary(JwtAuthenticationSchema, jwtAuthn)) } },
+      { name: RBAC_FILTER, configType: { case: 'typedConfig', value: pack(RBAC_TYPE_URL, toBinary(RbacFilterSchema, rbac)) } },
+      { name: 'envoy.filters.http.router', configType: { case: 'typedConfig', value: pack(ROUTER_TYPE_URL, toBinary(RouterSchema, create(RouterSchema))) } },
+    ],
+  });
+  const minimum = spec.minTlsVersion === 'TLSv1_3' ? TlsParameters_TlsProtocol.TLSv1_3 : TlsParameters_TlsProtocol.TLSv1_2;
+  const certificate =
+    'sdsSecretName' in spec.tls
+      ? { tlsCertificateSdsSecretConfigs: [{ name: spec.tls.sdsSecretName, sdsConfig: { ...ADS, resourceApiVersion: ApiVersion.V3 } }] }
+      : {
+          tlsCertificates: [
+            {
+              certificateChain: { specifier: { case: 'inlineString' as const, value: spec.tls.certificateChainPem } },
+              privateKey: { specifier: { case: 'inlineString' as const, value: spec.tls.privateKeyPem } },
+            },
+          ],
+        };
+  const tls = create(DownstreamTlsContextSchema, {
+    commonTlsContext: { tlsParams: { tlsMinimumProtocolVersion: minimum }, alpnProtocols: spec.alpnProtocols ?? ['h2', 'http/1.1'], ...certificate },
+  });
+  const proxyProtocol = create(ProxyProtocolSchema, {
+    disallowedVersions: (spec.disallowProxyVersions ?? []).map((v) => (v === 'V1' ? ProxyProtocolConfig_Version.V1 : ProxyProtocolConfig_Version.V2)),
+  });
+  return create(ListenerSchema, {
+    name: spec.name,
+    address: { address: { case: 'socketAddress', value: { address: spec.address, portSpecifier: { case: 'portValue', value: spec.port } } } },
+    listenerFilters: [{ name: PROXY_PROTOCOL_FILTER, configType: { case: 'typedConfig', value: pack(PROXY_PROTOCOL_TYPE_URL, toBinary(ProxyProtocolSchema, proxyProtocol)) } }],
+    filterChains: [
+      {
+        transportSocket: { name: 'envoy.transport_sockets.tls', configType: { case: 'typedConfig', value: pack(DOWNSTREAM_TLS_TYPE_URL, toBinary(DownstreamTlsContextSchema, tls)) } },
+        filters: [{ name: 'envoy.filters.network.http_connection_manager', configType: { case: 'typedConfig', value: pack(HCM_TYPE_URL, toBinary(HttpConnectionManagerSchema, hcm)) } }],
+      },
+    ],
+  });
+}
+
+/**
+ * The cluster Envoy fetches a remote JWKS through (`remote_jwks.http_uri.cluster`): STRICT_DNS to
+ * the URI's host and port, with TLS (SNI = host) for https. The built-in router fetches the URI
+ * itself and does not route through this cluster.
+ */
+export function jwksCluster(name: string, uri: string, connectTimeoutMs = 5000): Cluster {
+  const url = new URL(uri);
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  const port = url.port !== '' ? Number(url.port) : url.protocol === 'https:' ? 443 : 80;
+  const cluster = create(ClusterSchema, {
+    name,
+    clusterDiscoveryType: { case: 'type', value: isIP(host) === 0 ? Cluster_DiscoveryType.STRICT_DNS : Cluster_DiscoveryType.STATIC },
+    lbPolicy: Cluster_LbPolicy.ROUND_ROBIN,
+    connectTimeout: duration(connectTimeoutMs),
+    loadAssignment: loadAssignment(name, [{ address: host, port }]),
+  });
+  if (url.protocol === 'https:') {
+    const tls = create(UpstreamTlsContextSchema, { sni: host });
+    cluster.transportSocket = create(TransportSocketSchema, {
+      name: 'envoy.transport_sockets.tls',
+      configType: { case: 'typedConfig', value: pack(`${TYPE_PREFIX}envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext`, toBinary(UpstreamTlsContextSchema, tls)) },
+    });
+  }
+  return cluster;
 }

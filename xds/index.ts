@@ -14,6 +14,22 @@ export type { ClientStatus, ResourceClientStatus } from './csds.js';
 export { serviceDefinition, methodDefinition, methodPath, serializerFor, deserializerFor } from './grpc-service.js';
 export { ConfigFileSource, parseXdsConfig, configToSnapshotInput, XdsConfigSchema } from './config-file.js';
 export type { XdsConfig, ConfigFileEvents } from './config-file.js';
-export { edsCluster, loadAssignment, route, routeConfiguration, connectionManager, httpListener, apiListener, tlsSecret } from './builders.js';
-export type { ClusterSpec, EndpointSpec, RouteSpec, VirtualHostSpec } from './builders.js';
-export { HCM_TYPE_URL, ROUTER_TYPE_URL, connectionManagers, routeNamesOf, clusterRefsOf, edsNameOf } from './references.js';
+export { edsCluster, loadAssignment, route, routeConfiguration, connectionManager, httpListener, apiListener, tlsSecret, sovereignListener, jwksCluster, DEFAULT_JWT_PROVIDER, DEFAULT_PAYLOAD_KEY } from './builders.js';
+export type { ClusterSpec, EndpointSpec, RouteSpec, VirtualHostSpec, SovereignListenerSpec, PrincipalSpec, PermissionSpec } from './builders.js';
+export {
+  HCM_TYPE_URL,
+  ROUTER_TYPE_URL,
+  JWT_AUTHN_TYPE_URL,
+  RBAC_TYPE_URL,
+  PROXY_PROTOCOL_TYPE_URL,
+  DOWNSTREAM_TLS_TYPE_URL,
+  JWT_AUTHN_FILTER,
+  RBAC_FILTER,
+  PROXY_PROTOCOL_FILTER,
+  connectionManagers,
+  routeNamesOf,
+  clusterRefsOf,
+  edsNameOf,
+  secretRefsOf,
+  jwksClusterRefsOf,
+} from './references.js';

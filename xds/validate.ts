@@ -3,7 +3,8 @@
  *
  * - `checkConsistency`: referential integrity (go-control-plane's `Consistent()` rules, research
  *   O4): every RDS name a listener reads exists, every cluster a route names exists, every EDS
- *   cluster's load assignment exists.
+ *   cluster's load assignment exists; a listener's SDS secrets (over ADS) and the clusters its
+ *   jwt_authn fetches remote JWKS through exist.
  * - `validateFor(kind, …)`: what a client of that kind would NACK (research/xds.md (c) for
  *   proxyless gRPC; the structural rules Envoy enforces for Envoy). Each problem names the
  *   resource and the field.
@@ -20,7 +21,9 @@ import type { Listener } from './gen/envoy/config/listener/v3/listener_pb.js';
 import type { RouteConfiguration } from './gen/envoy/config/route/v3/route_pb.js';
 import type { HttpConnectionManager } from './gen/envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager_pb.js';
 import type { ClientKind } from './client-kind.js';
-import { ROUTER_TYPE_URL, clusterRefsOf, connectionManagers, edsNameOf, inlineClusterRefsOf, routeNamesOf } from './references.js';
+import { ROUTER_TYPE_URL, clusterRefsOf, connectionManagers, edsNameOf, inlineClusterRefsOf, jwksClusterRefsOf, routeNamesOf, secretRefsOf } from './references.js';
+import type { Secret } from './gen/envoy/extensions/transport_sockets/tls/v3/secret_pb.js';
+import { checkHttpSecurityFilters, checkListenerSecurity } from './validate-downstream.js';
 import { RESOURCE_TYPES } from './resource-types.js';
 import type { ResourceKind } from './resource-types.js';
 import type { EncodedResource, Snapshot } from './snapshot.js';
@@ -44,7 +47,14 @@ export function checkConsistency(snapshot: Snapshot): Problem[] {
   const routes = new Set(snapshot.messages<RouteConfiguration>('route').map((r) => r.name));
   const clusters = new Set(snapshot.messages<Cluster>('cluster').map((c) => c.name));
   const assignments = new Set(snapshot.messages<ClusterLoadAssignment>('endpoint').map((a) => a.clusterName));
+  const secrets = new Set(snapshot.messages<Secret>('secret').map((s) => s.name));
   for (const listener of snapshot.messages<Listener>('listener')) {
+    for (const ref of secretRefsOf(listener)) {
+      if (!secrets.has(ref.name)) problems.push({ kind: 'listener', name: listener.name, field: ref.field, message: `secret "${ref.name}" is not in the snapshot` });
+    }
+    for (const ref of jwksClusterRefsOf(listener)) {
+      if (!clusters.has(ref.cluster)) problems.push({ kind: 'listener', name: listener.name, field: ref.field, message: `cluster "${ref.cluster}" is not in the snapshot` });
+    }
     for (const name of routeNamesOf(listener)) {
       if (!routes.has(name)) problems.push({ kind: 'listener', name: listener.name, field: 'rds.route_config_name', message: `route configuration "${name}" is not in the snapshot` });
     }
@@ -116,6 +126,12 @@ function checkListener(listener: Listener, grpc: boolean): Problem[] {
     }
   }
   for (const { hcm, field } of connectionManagers(listener)) problems.push(...checkHcm(hcm, grpc, listener.name, field));
+  if (!grpc) {
+    // Downstream security (PROXY protocol, TLS, jwt_authn, RBAC) as Envoy checks it on load.
+    const security = checkListenerSecurity(listener);
+    for (const { hcm, field } of connectionManagers(listener)) security.push(...checkHttpSecurityFilters(hcm, field));
+    for (const p of security) at(p.field, p.message);
+  }
   return problems;
 }
 
