@@ -63,6 +63,14 @@ export class Bindings {
     }
   }
 
+  /** Clusters switched to sovereign mode: their bound connections close now. */
+  closeClusters(clusters: ReadonlySet<string>, code: string): void {
+    for (const connection of this.connections) {
+      const cluster = connection.clusterId;
+      if (cluster !== null && clusters.has(cluster)) connection.expire(code);
+    }
+  }
+
   /** `tunnel` takes no new streams: its bindings move to another tunnel at their next idle moment. */
   tunnelDraining(tunnel: AgentTunnel): void {
     for (const connection of this.connections) if (connection.tunnel === tunnel) connection.tunnelDraining();

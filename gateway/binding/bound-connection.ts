@@ -390,12 +390,11 @@ export class BoundConnection {
     this.expiresAt = typeof exp === 'number' ? exp * 1000 : Infinity;
     this.ctx.metrics.bindings.inc({ cluster: admitted.clusterId });
     stream.once('close', () => this.onStreamClose(binding));
-    const socket = this.socket;
     stream.on('data', (chunk: Buffer) => {
-      // One write (one syscall) for a response head and the body bytes after it.
-      socket.cork();
+      // The framer passes a head and the body after it on in pieces; consecutive pieces of the
+      // same chunk are written as one (one write, one syscall: the common answer).
       binding.responses.push(chunk);
-      socket.uncork();
+      this.flushToClient();
     });
     stream.once('end', () => this.onStreamEnd(binding));
     stream.on('drain', () => {
@@ -443,10 +442,33 @@ export class BoundConnection {
     return { bytes: null, framing };
   }
 
+  /** Pieces for the client from the tunnel chunk being read; written by `flushToClient`. */
+  private toClientPieces: Buffer[] = [];
+
   private toClient(bytes: Buffer, body: boolean): void {
     if (body) this.ctx.proxy.bytesToClient.inc(bytes.length);
-    if (this.socket.destroyed) return;
-    if (!this.socket.write(bytes)) this.binding?.stream.pause();
+    const pieces = this.toClientPieces;
+    const last = pieces[pieces.length - 1];
+    if (last !== undefined && last.buffer === bytes.buffer && last.byteOffset + last.length === bytes.byteOffset) {
+      pieces[pieces.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + bytes.length);
+    } else pieces.push(bytes);
+  }
+
+  private flushToClient(): void {
+    const pieces = this.toClientPieces;
+    if (pieces.length === 0) return;
+    this.toClientPieces = [];
+    const socket = this.socket;
+    if (socket.destroyed) return;
+    let ok: boolean;
+    if (pieces.length === 1) ok = socket.write(pieces[0] as Buffer);
+    else {
+      socket.cork();
+      ok = true;
+      for (const piece of pieces) ok = socket.write(piece) && ok;
+      socket.uncork();
+    }
+    if (!ok) this.binding?.stream.pause();
   }
 
   private onResponseEnd(): void {
@@ -612,6 +634,8 @@ export class BoundConnection {
       if (how === 'destroy') this.socket.destroy();
       return;
     }
+    // What the client is owed from the chunk being read goes out before the end.
+    if (how === 'end') this.flushToClient();
     this.done = true;
     const binding = this.binding;
     this.binding = null;
