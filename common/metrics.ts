@@ -2,7 +2,7 @@
  * prom-client plumbing. Every component instance owns its own `Registry` (never the global
  * default, which throws on duplicate names when two gateways share a process, as in tests).
  */
-import { Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Registry, collectDefaultMetrics, type CounterConfiguration } from 'prom-client';
 
 export interface RegistryOptions {
   /** Labels added to every series of this registry, e.g. `{ component: 'gateway', instance: 'gw-1' }`. */
@@ -55,4 +55,16 @@ export class DeferredCounts<L extends string> {
       entry.value = 0;
     }
   }
+}
+
+/** A counter whose hot-path children are `DeferredCounts`, handed over each time it is collected. */
+export function deferredCounter<L extends string>(config: Omit<CounterConfiguration<L>, 'collect'>): { counter: Counter<L>; counts: DeferredCounts<L> } {
+  const counts = new DeferredCounts<L>();
+  const counter = new Counter<L>({
+    ...config,
+    collect() {
+      counts.flush(this);
+    },
+  });
+  return { counter, counts };
 }

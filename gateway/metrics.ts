@@ -1,6 +1,6 @@
 /** The gateway's Prometheus series (names after cloudflared's and Konnectivity's, research/tunnels.md A4/D6). */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import { DeferredCounts } from '../common/metrics.js';
+import { deferredCounter, type DeferredCounts } from '../common/metrics.js';
 import type { ByteCounter } from './tunnel/index.js';
 
 export class GatewayMetrics {
@@ -18,9 +18,8 @@ export class GatewayMetrics {
   /** Body bytes, counted per chunk: deferred to collection time. */
   readonly bytesToClient: ByteCounter;
   readonly bytesToAgent: ByteCounter;
-  private readonly deferredBytes = new DeferredCounts<'direction'>();
   /** Requests on bound connections, counted per request: deferred to collection time. */
-  private readonly deferredRequests = new DeferredCounts<'cluster' | 'protocol'>();
+  private readonly deferredRequests: DeferredCounts<'cluster' | 'protocol'>;
 
   /** The requests counter's child for `cluster` and `protocol`, for a per-request hot path. */
   requestsFor(cluster: string, protocol: string): { inc(): void } {
@@ -32,32 +31,23 @@ export class GatewayMetrics {
     const registers = [registry];
     this.tunnelConnections = new Gauge({ name: 'tether_gateway_tunnel_connections', help: 'Live agent tunnel connections on this replica, per cluster.', labelNames: ['cluster'], registers });
     this.handshakes = new Counter({ name: 'tether_gateway_tunnel_handshakes_total', help: 'Agent tunnel handshakes by result and refusal reason.', labelNames: ['result', 'reason'], registers });
-    const deferredRequests = this.deferredRequests;
-    this.requestsTotal = new Counter({
+    const requests = deferredCounter<'cluster' | 'protocol'>({
       name: 'tether_gateway_requests_total',
       help: 'Client requests carried into a tunnel, by cluster and protocol (http1, http1-bound, http2, grpc, websocket, tcp).',
       labelNames: ['cluster', 'protocol'],
       registers,
-      collect() {
-        deferredRequests.flush(this);
-      },
     });
+    this.requestsTotal = requests.counter;
+    this.deferredRequests = requests.counts;
     this.requestsActive = new Gauge({ name: 'tether_gateway_concurrent_requests', help: 'Client requests in flight, per cluster.', labelNames: ['cluster'], registers });
     this.errors = new Counter({ name: 'tether_gateway_request_errors_total', help: 'Client requests answered with an error, by tether-error code.', labelNames: ['code'], registers });
     this.streamSetup = new Histogram({ name: 'tether_gateway_stream_setup_seconds', help: 'Time from opening the tunnel stream to its response headers.', labelNames: ['protocol'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers });
     this.pingRtt = new Histogram({ name: 'tether_gateway_ping_rtt_seconds', help: 'HTTP/2 PING round-trip time to agents.', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], registers });
-    const deferredBytes = this.deferredBytes;
-    this.bytes = new Counter({
-      name: 'tether_gateway_bytes_total',
-      help: 'Body bytes carried, by direction (to_agent, to_client).',
-      labelNames: ['direction'],
-      registers,
-      collect() {
-        deferredBytes.flush(this);
-      },
-    });
-    this.bytesToClient = deferredBytes.child({ direction: 'to_client' });
-    this.bytesToAgent = deferredBytes.child({ direction: 'to_agent' });
+    // Counted per chunk: plain numbers, handed to prom-client when collected.
+    const bytes = deferredCounter<'direction'>({ name: 'tether_gateway_bytes_total', help: 'Body bytes carried, by direction (to_agent, to_client).', labelNames: ['direction'], registers });
+    this.bytes = bytes.counter;
+    this.bytesToClient = bytes.counts.child({ direction: 'to_client' });
+    this.bytesToAgent = bytes.counts.child({ direction: 'to_agent' });
     this.tokenCache = new Counter({
       name: 'tether_gateway_token_cache_lookups_total',
       help: 'Bearer tokens looked up in the verified-token cache, by result (hit: no signature check needed).',
