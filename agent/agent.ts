@@ -3,8 +3,14 @@
  * knows (seeds from its config, the rest learned from control streams), reconnects each with
  * jittered backoff honouring server retry delays, and forwards the gateway's streams upstream.
  * It opens no listening socket except the optional admin server (metrics, health) on a local address.
+ *
+ * With `sovereignty` configured it dials only while the customer-signed mode document says
+ * `tunnel` (agent/sovereignty.ts): a switch to sovereign drains and closes every tunnel and stops
+ * dialing; a signed switch back dials again. The control plane's mode claims are answered, never
+ * obeyed (`answerControlPlaneMode`).
  */
 import { EventEmitter } from 'node:events';
+import { readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { CertificateSource } from '../certs/index.js';
@@ -18,6 +24,8 @@ import { createRegistry } from '../common/metrics.js';
 import { parseOptions } from '../common/options.js';
 import type { ReplicaInfo } from '../gateway/tunnel/index.js';
 import { AgentMetrics } from './metrics.js';
+import { CLUSTER_MODES, ModeErrorCode, importCustomerPublicKey, type ClusterMode, type CustomerKeyInput, type VerifiedModeDocument } from './mode-document.js';
+import { LocalMode, ModeClaimCode, type ModeAuthority, type ModeChange, type ModeClaimVerdict, type ModeRefusal } from './sovereignty.js';
 import { agentOptionsSchema, type AgentConfig, type AgentConfigInput } from './options.js';
 import { BoundStreams } from './bound-stream.js';
 import { RouteTable } from './routes.js';
@@ -45,10 +53,33 @@ export interface AgentEvent {
   delayMs?: number;
 }
 
-export class Agent implements Closable {
+/** A mode the control plane claimed that the customer has not approved, as the agent answered it. */
+export interface ModeClaim {
+  claimed: ClusterMode;
+  local: ClusterMode;
+  code: string;
+}
+
+/**
+ * `agent.events`: the connection events (`AgentEvent`), and the local mode's: `mode` (a switch
+ * took effect), `modeRefused` (a mode document was refused; the mode in force stays), `modeClaim`
+ * (the control plane claimed a mode the customer has not approved).
+ */
+export interface AgentEventMap {
+  live: [AgentEvent];
+  closed: [AgentEvent];
+  refused: [AgentEvent];
+  failed: [AgentEvent];
+  retry: [AgentEvent];
+  mode: [ModeChange];
+  modeRefused: [ModeRefusal];
+  modeClaim: [ModeClaim];
+}
+
+export class Agent implements Closable, ModeAuthority {
   readonly config: AgentConfig;
-  /** Connection lifecycle events, for operators' hooks and tests. */
-  readonly events = new EventEmitter<Record<'live' | 'closed' | 'refused' | 'failed' | 'retry', [AgentEvent]>>();
+  /** Connection lifecycle and mode events, for operators' hooks and tests. */
+  readonly events = new EventEmitter<AgentEventMap>();
   readonly metrics: AgentMetrics;
   private tls: TlsMaterial;
   private readonly logger: Logger;
@@ -70,6 +101,11 @@ export class Agent implements Closable {
   }
   private readyWaiters: Array<() => void> = [];
   private stopped = false;
+  /** The customer-approved mode (`sovereignty` option), or null: tunnel mode as configured. */
+  private localMode: LocalMode | null = null;
+  private customerKey: ReturnType<typeof importCustomerPublicKey> | null = null;
+  /** Slots taken out of `targets` (vanished replicas, a switch to sovereign) until they have stopped. */
+  private readonly retiring = new Set<Slot>();
 
   constructor(options: AgentOptions) {
     const { tls, logger, registry, ...rest } = options;
@@ -88,6 +124,140 @@ export class Agent implements Closable {
       bound: this.bound,
     };
     this.seeds = new Set(this.config.gateways);
+    const key = this.config.sovereignty?.customerKey;
+    if (key !== undefined) this.customerKey = importCustomerPublicKey(key as CustomerKeyInput);
+    this.setModeGauge();
+  }
+
+  /**
+   * The local mode: `tunnel` without `sovereignty`; with it, the mode of the customer-signed
+   * document in force, `sovereign` when there is none (before `start()` too).
+   */
+  get mode(): ClusterMode {
+    if (this.config.sovereignty === undefined) return 'tunnel';
+    return this.localMode?.mode ?? 'sovereign';
+  }
+
+  /** The customer-signed mode document in force, or null. */
+  get modeDocument(): VerifiedModeDocument | null {
+    return this.localMode?.document ?? null;
+  }
+
+  /** Read the mode file now (it is also followed by itself); resolves once any switch it causes has begun. */
+  async reloadMode(): Promise<void> {
+    await this.localMode?.reload();
+  }
+
+  /**
+   * The control plane claims the cluster is in `claimed` mode (`Welcome.mode`). The customer's
+   * local document wins in both directions: nothing changes here. A claim that differs is logged
+   * and counted, emitted as `modeClaim`, and answered with its code for the control plane's audit
+   * log: `CLUSTER_SOVEREIGN` (it claims tunnel, the customer says sovereign) or
+   * `MODE_NOT_APPROVED` (it claims sovereign, the customer, or an agent without sovereignty
+   * configured, says tunnel).
+   */
+  answerControlPlaneMode(claimed: ClusterMode): ModeClaimVerdict {
+    const local = this.mode;
+    if (claimed === local) {
+      this.metrics.modeClaims.inc({ claimed, result: 'agreed' });
+      return { agreed: true, local };
+    }
+    const code = local === 'sovereign' ? ModeClaimCode.CLUSTER_SOVEREIGN : ModeClaimCode.MODE_NOT_APPROVED;
+    const seq = this.modeDocument?.seq ?? 0;
+    const message =
+      local === 'sovereign'
+        ? `the control plane claims tunnel mode; the customer's mode document${seq === 0 ? ' (none valid: fail-safe)' : ` (seq ${seq})`} says sovereign, so no tunnel opens`
+        : this.config.sovereignty === undefined
+          ? 'the control plane claims sovereign mode; this agent has no customer key configured and stays in tunnel mode'
+          : `the control plane claims sovereign mode; the customer's mode document (seq ${seq}) says tunnel`;
+    this.metrics.modeClaims.inc({ claimed, result: code });
+    this.logger.warn({ audit: 'agent.mode.claim', code, claimed, local, seq }, message);
+    this.events.emit('modeClaim', { claimed, local, code });
+    return { agreed: false, local, claimed, code, seq, message };
+  }
+
+  private setModeGauge(): void {
+    const mode = this.mode;
+    for (const m of CLUSTER_MODES) this.metrics.mode.set({ mode: m }, m === mode ? 1 : 0);
+    this.metrics.modeSeq.set(this.modeDocument?.seq ?? 0);
+  }
+
+  private async startLocalMode(): Promise<void> {
+    const sovereignty = this.config.sovereignty;
+    if (sovereignty === undefined || this.localMode !== null) return;
+    if (this.customerKey === null) {
+      const file = sovereignty.customerKeyFile as string;
+      let text: string;
+      try {
+        text = await readFile(file, 'utf8');
+      } catch (reason) {
+        throw new TetherError(ModeErrorCode.KEY_INVALID, `cannot read sovereignty.customerKeyFile ${file}`, { cause: reason });
+      }
+      const trimmed = text.trim();
+      let input: CustomerKeyInput = trimmed;
+      if (trimmed.startsWith('{')) {
+        try {
+          input = JSON.parse(trimmed) as Record<string, unknown>;
+        } catch (reason) {
+          throw new TetherError(ModeErrorCode.KEY_INVALID, `sovereignty.customerKeyFile ${file}: not a JWK (invalid JSON)`, { cause: reason });
+        }
+      }
+      this.customerKey = importCustomerPublicKey(input);
+    }
+    const localMode = new LocalMode({
+      clusterId: sovereignty.clusterId,
+      key: this.customerKey,
+      modeFile: sovereignty.modeFile,
+      ...(sovereignty.stateFile === undefined ? {} : { stateFile: sovereignty.stateFile }),
+      pollMs: sovereignty.pollMs,
+      logger: this.logger,
+      onRefused: (refusal) => {
+        this.metrics.modeDocuments.inc({ result: refusal.code });
+        this.events.emit('modeRefused', refusal);
+      },
+      onAccepted: (document, previous) => this.modeAccepted(document, previous),
+    });
+    this.localMode = localMode;
+    try {
+      await localMode.start();
+    } catch (reason) {
+      await localMode.close();
+      this.localMode = null;
+      throw reason;
+    }
+    if (localMode.document === null) {
+      this.logger.warn({ audit: 'agent.mode', mode: this.mode, modeFile: sovereignty.modeFile }, 'no valid customer-signed mode document: sovereign (no tunnel) until one says tunnel');
+    }
+  }
+
+  private modeAccepted(document: VerifiedModeDocument, previous: ClusterMode): void {
+    this.metrics.modeDocuments.inc({ result: 'accepted' });
+    this.setModeGauge();
+    const change: ModeChange = { mode: document.mode, previous, seq: document.seq };
+    this.logger.warn({ audit: 'agent.mode', ...change, iat: document.iat, cluster: document.cluster }, `customer-signed mode document accepted: ${document.mode}`);
+    if (document.mode !== previous && !this.stopped) {
+      if (document.mode === 'sovereign') this.enterSovereign();
+      else for (const address of this.seeds) this.addTarget(address);
+      this.changed();
+    }
+    this.events.emit('mode', change);
+  }
+
+  /** Stop dialing; drain every tunnel (in-flight streams get `sovereignty.drainGraceMs`). */
+  private enterSovereign(): void {
+    const graceMs = this.config.sovereignty?.drainGraceMs ?? this.config.drainGraceMs;
+    const slots = [...this.targets.values()].flat();
+    this.targets.clear();
+    for (const slot of slots) this.retire(slot, graceMs);
+    this.logger.warn({ audit: 'agent.mode', connections: slots.length, graceMs }, 'sovereign mode: closing every tunnel connection');
+  }
+
+  private retire(slot: Slot, graceMs: number): void {
+    this.retiring.add(slot);
+    void slot.stop(graceMs).finally(() => {
+      this.retiring.delete(slot);
+      this.changed();
+    });
   }
 
   get registry(): Registry {
@@ -108,7 +278,9 @@ export class Agent implements Closable {
       this.streams.routing = this.xdsPart.routing;
       await this.xdsPart.start();
     }
-    for (const address of this.seeds) this.addTarget(address);
+    await this.startLocalMode();
+    this.setModeGauge();
+    if (this.mode === 'tunnel') for (const address of this.seeds) this.addTarget(address);
   }
 
   get adminAddress(): AddressInfo | null {
@@ -157,9 +329,11 @@ export class Agent implements Closable {
     const live = this.liveConnections();
     const byGateway: Record<string, number> = {};
     for (const c of live) byGateway[c.gatewayId ?? 'unknown'] = (byGateway[c.gatewayId ?? 'unknown'] ?? 0) + 1;
+    // Sovereign: having no tunnel is the job; ready unless stopping.
+    const mode = this.mode;
     return {
-      ready: live.length > 0 && !this.stopped,
-      details: { readyConnections: live.length, gateways: byGateway, knownGateways: [...this.targets.keys()] },
+      ready: (live.length > 0 || mode === 'sovereign') && !this.stopped,
+      details: { mode, modeSeq: this.modeDocument?.seq ?? 0, readyConnections: live.length, gateways: byGateway, knownGateways: [...this.targets.keys()] },
     };
   }
 
@@ -190,7 +364,7 @@ export class Agent implements Closable {
   }
 
   private addTarget(address: string): void {
-    if (this.targets.has(address) || this.stopped) return;
+    if (this.targets.has(address) || this.stopped || this.mode === 'sovereign') return;
     const slots: Slot[] = [];
     for (let i = 0; i < this.config.connectionsPerGateway; i++) slots.push(new Slot(address, this));
     this.targets.set(address, slots);
@@ -204,7 +378,7 @@ export class Agent implements Closable {
     for (const [address, slots] of this.targets) {
       if (addresses.has(address) || this.seeds.has(address)) continue;
       this.targets.delete(address);
-      for (const slot of slots) void slot.stop(this.config.drainGraceMs);
+      for (const slot of slots) this.retire(slot, this.config.drainGraceMs);
     }
   }
 
@@ -263,8 +437,9 @@ export class Agent implements Closable {
 
   private async drainNow(graceMs: number): Promise<void> {
     this.stopped = true;
+    await this.localMode?.close();
     this.changed();
-    const all = [...this.targets.values()].flat();
+    const all = [...this.targets.values()].flat().concat([...this.retiring]);
     await Promise.all(all.map((slot) => slot.stop(graceMs)));
     await this.pools.drain();
     await this.xds?.drain();
@@ -273,7 +448,8 @@ export class Agent implements Closable {
 
   readonly close = once(async (): Promise<void> => {
     this.stopped = true;
-    const all = [...this.targets.values()].flat();
+    await this.localMode?.close();
+    const all = [...this.targets.values()].flat().concat([...this.retiring]);
     await Promise.all(all.map((slot) => slot.stop(0)));
     await this.pools.close();
     await this.xds?.close();

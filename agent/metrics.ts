@@ -17,6 +17,14 @@ export class AgentMetrics {
   readonly upstreamSetup: Histogram<'protocol'>;
   readonly pingRtt: Histogram;
   readonly bytes: Counter<'direction'>;
+  /** 1 for the agent's local mode, 0 for the other (agent/sovereignty.ts). */
+  readonly mode: Gauge<'mode'>;
+  /** The `seq` of the customer-signed mode document in force (0: none). */
+  readonly modeSeq: Gauge;
+  /** Mode documents read: `accepted`, or the refusal code (`MODE_UNSIGNED`, `MODE_BAD_SIGNATURE`, …). */
+  readonly modeDocuments: Counter<'result'>;
+  /** Modes the control plane claimed: `agreed`, or the agent's answer (`CLUSTER_SOVEREIGN`, `MODE_NOT_APPROVED`). */
+  readonly modeClaims: Counter<'claimed' | 'result'>;
   /**
    * Labelled children resolved once, for the per-chunk and per-stream paths: prom-client's
    * `labels()` hashes the labels and builds an object with seven bound methods on every call.
@@ -52,6 +60,10 @@ export class AgentMetrics {
     this.upstreamRetries = new Counter({ name: 'tether_agent_upstream_retries_total', help: 'Upstream tries retried by the built-in router on the tunnel path, by retry_on reason.', labelNames: ['reason'], registers });
     this.upstreamSetup = new Histogram({ name: 'tether_agent_upstream_setup_seconds', help: 'Time from stream arrival to the upstream response headers (or connect).', labelNames: ['protocol'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers });
     this.pingRtt = new Histogram({ name: 'tether_agent_ping_rtt_seconds', help: 'HTTP/2 PING round-trip time to the gateway.', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], registers });
+    this.mode = new Gauge({ name: 'tether_agent_mode', help: 'The local mode approved by the customer: 1 for the mode in force (tunnel or sovereign), 0 for the other.', labelNames: ['mode'], registers });
+    this.modeSeq = new Gauge({ name: 'tether_agent_mode_document_seq', help: 'Sequence of the customer-signed mode document in force (0: none).', registers });
+    this.modeDocuments = new Counter({ name: 'tether_agent_mode_documents_total', help: 'Mode documents read, by result (accepted, or the refusal code).', labelNames: ['result'], registers });
+    this.modeClaims = new Counter({ name: 'tether_agent_mode_claims_total', help: 'Modes claimed by the control plane, by claimed mode and result (agreed, CLUSTER_SOVEREIGN, MODE_NOT_APPROVED).', labelNames: ['claimed', 'result'], registers });
     // Counted per chunk: plain numbers, handed to prom-client when collected.
     const deferredBytes = this.deferredBytes;
     this.bytes = new Counter({

@@ -60,6 +60,31 @@ export const agentOptionsSchema = z.object({
     .optional(),
   /** Drain grace on shutdown. */
   drainGraceMs: z.number().int().min(0).default(30_000),
+  /**
+   * The customer's approval of the cluster's mode (README: sovereign mode, the switch). Absent:
+   * the agent is in tunnel mode, as before. Present: the mode is the customer-signed document in
+   * `modeFile`, verified with the pinned public key; with no valid document the agent is sovereign
+   * (opens no tunnel) until one says `tunnel`. The control plane can change neither.
+   */
+  sovereignty: z
+    .object({
+      /** The cluster this agent serves; a document for another cluster is refused. */
+      clusterId: z.string().min(1),
+      /** The customer's public key: SPKI PEM, or a public JWK (Ed25519 or P-256). */
+      customerKey: z.union([z.string().min(1), z.record(z.string(), z.unknown())]).optional(),
+      /** Or a file holding it (PEM or JWK JSON). */
+      customerKeyFile: z.string().min(1).optional(),
+      /** The signed mode document (compact JWS), written by the customer's operator. */
+      modeFile: z.string().min(1),
+      /** Where the highest accepted `seq` is kept across restarts (the replay guard); default: memory only. */
+      stateFile: z.string().min(1).optional(),
+      /** The mode file is re-read this often besides file-change notices. */
+      pollMs: z.number().int().min(10).max(600_000).default(2_000),
+      /** Grace for in-flight streams when a switch to sovereign drains the tunnels. */
+      drainGraceMs: z.number().int().min(0).default(10_000),
+    })
+    .refine((s) => (s.customerKey === undefined) !== (s.customerKeyFile === undefined), { message: 'set exactly one of customerKey or customerKeyFile' })
+    .optional(),
 });
 
 export type AgentConfig = z.output<typeof agentOptionsSchema>;
