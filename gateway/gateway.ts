@@ -185,6 +185,33 @@ export class Gateway implements Closable {
     }
   }
 
+  /**
+   * Replace the clusters in sovereign mode. From now on their agents' tunnels are refused at the
+   * handshake (`CLUSTER_SOVEREIGN`) and their requests answered 403 `CLUSTER_SOVEREIGN` in both
+   * binding modes; a cluster that has just become sovereign loses its live tunnels and bound
+   * connections at once (a switch takes the vendor out of the data path: nothing waits for a
+   * drain). A cluster taken off the list is served again once its agents dial in.
+   */
+  setSovereignClusters(clusters: Iterable<string>): void {
+    const sovereign = new Set(clusters);
+    const added = new Set([...sovereign].filter((cluster) => !this.proxy.sovereign.has(cluster)));
+    this.config.sovereignClusters = [...sovereign];
+    this.proxy.sovereign = sovereign;
+    if (added.size === 0) return;
+    this.logger.warn({ clusters: [...added] }, 'clusters switched to sovereign mode: closing their tunnels and bound connections');
+    this.bindings.closeClusters(added, 'CLUSTER_SOVEREIGN');
+    for (const tunnel of this.tunnels.all()) {
+      if (!added.has(tunnel.clusterId)) continue;
+      this.tunnels.remove(tunnel);
+      tunnel.session.destroy();
+    }
+  }
+
+  /** The mode this gateway applies to `clusterId`. */
+  clusterMode(clusterId: string): 'tunnel' | 'sovereign' {
+    return this.proxy.sovereign.has(clusterId) ? 'sovereign' : 'tunnel';
+  }
+
   /** Client requests being admitted plus tunnel streams carrying an exchange (idle bound streams excluded). */
   private inFlight(): number {
     return this.proxy.admitting + this.tunnels.all().reduce((n, t) => n + t.activeStreams, 0) - this.bindings.idleStreams;

@@ -41,6 +41,12 @@ export const gatewayOptionsSchema = z.object({
   allowClusterHeader: z.boolean().default(true),
   /** Registered cluster ids: agents of other clusters are refused, requests for others get 404. */
   clusters: z.array(z.string().min(1)).default([]),
+  /**
+   * Clusters in sovereign mode (README: sovereign mode, the switch): their agents' tunnels are
+   * refused at the handshake and their requests answered 403 `CLUSTER_SOVEREIGN`.
+   * `Gateway.setSovereignClusters` replaces the list at run time.
+   */
+  sovereignClusters: z.array(z.string().min(1)).default([]),
   /** SPIFFE trust domain agent certificates must name. */
   trustDomain: z.string().min(1),
   /** Revoked certificate serials (lowercase hex). */

@@ -19,6 +19,7 @@ import {
   H_CLIENT_ADDRESS,
   H_CLIENT_PROTOCOL,
   H_CLUSTER,
+  H_CLUSTER_MODE,
   H_ERROR,
   H_IDENTITY,
   H_ISSUER,
@@ -109,6 +110,7 @@ export class ClientProxy {
     private readonly logger: Logger,
   ) {
     this.clusters = new Set(config.clusters);
+    this.sovereign = new Set(config.sovereignClusters);
     this.bytesToClient = metrics.bytesToClient;
     this.bytesToAgent = metrics.bytesToAgent;
   }
@@ -134,6 +136,8 @@ export class ClientProxy {
 
   /** Registered clusters (`Gateway.setClusters` replaces them). */
   clusters: ReadonlySet<string>;
+  /** Clusters in sovereign mode (`Gateway.setSovereignClusters`): requests get `CLUSTER_SOVEREIGN`. */
+  sovereign: ReadonlySet<string>;
   /** Subjects refused from now on (`Gateway.revokeSubjects`), whatever their tokens say. */
   revokedSubjects: ReadonlySet<string> = new Set();
 
@@ -160,7 +164,7 @@ export class ClientProxy {
     if (this.revokedSubjects.has(identity.subject)) throw new RequestRejected('IDENTITY_REVOKED', `${identity.subject} has been revoked`, { 'www-authenticate': 'Bearer' });
     const clusterId = this.clusterFor(authority, headers);
     if (clusterId === null) throw new RequestRejected('UNKNOWN_CLUSTER', 'the request names no cluster');
-    if (!this.clusters.has(clusterId)) throw new RequestRejected('UNKNOWN_CLUSTER', `unknown cluster ${clusterId}`);
+    if (!this.clusters.has(clusterId) && !this.sovereign.has(clusterId)) throw new RequestRejected('UNKNOWN_CLUSTER', `unknown cluster ${clusterId}`);
     let allowed = false;
     try {
       allowed = await this.authorize(identity, clusterId);
@@ -168,6 +172,10 @@ export class ClientProxy {
       this.logger.warn({ err: reason }, 'authorizer failed; denying');
     }
     if (!allowed) throw new RequestRejected('FORBIDDEN', `${identity.subject} may not reach cluster ${clusterId}`);
+    // Told only to identities that may reach the cluster; the same answer in both binding modes.
+    if (this.sovereign.has(clusterId)) {
+      throw new RequestRejected('CLUSTER_SOVEREIGN', `cluster ${clusterId} is in sovereign mode: it is reached only through the customer's own load balancer, not through this gateway`, { [H_CLUSTER_MODE]: 'sovereign' });
+    }
     const max = this.config.limits.maxRequestBodyBytes;
     const length = Number(headers['content-length'] ?? 0);
     if (max !== undefined && length > max) throw new RequestRejected('BODY_TOO_LARGE', `request body exceeds ${max} bytes`);

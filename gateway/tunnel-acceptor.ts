@@ -59,7 +59,9 @@ export class TunnelAcceptor {
     socket.setKeepAlive(true, 10_000);
     const check = this.checkAgent(socket);
     let refusal: TetherError | null = check.ok ? null : check.error;
-    if (check.ok && !this.config.clusters.includes(check.peer.clusterId)) {
+    if (check.ok && this.config.sovereignClusters.includes(check.peer.clusterId)) {
+      refusal = new TetherError(RefusalCodes.CLUSTER_SOVEREIGN, `cluster ${check.peer.clusterId} is in sovereign mode: this gateway accepts no tunnel for it`);
+    } else if (check.ok && !this.config.clusters.includes(check.peer.clusterId)) {
       refusal = new TetherError(RefusalCodes.CLUSTER_NOT_REGISTERED, `cluster ${check.peer.clusterId} is not registered at this gateway`);
     }
     if (refusal === null && this.draining) refusal = new TetherError(RefusalCodes.GATEWAY_DRAINING, 'this gateway is draining');

@@ -9,6 +9,12 @@ export const TunnelCodes = {
   UNAUTHENTICATED: 401,
   /** The identity may not reach that cluster. */
   FORBIDDEN: 403,
+  /**
+   * The cluster is in sovereign mode: reached only through the customer's own load balancer,
+   * never through this gateway. Final (no Retry-After; 403, which clients do not retry, rather
+   * than 421, which they may); the `tether-cluster-mode: sovereign` field names the mode.
+   */
+  CLUSTER_SOVEREIGN: 403,
   /** No live tunnel connection for the cluster on this replica. */
   NO_TUNNEL: 503,
   /** Every tunnel connection of the cluster is at the agent's concurrent-stream limit. */
@@ -57,6 +63,8 @@ export const RefusalCodes = {
   CLUSTER_NOT_REGISTERED: 'CLUSTER_NOT_REGISTERED',
   /** The gateway is draining; try another replica or later. */
   GATEWAY_DRAINING: 'GATEWAY_DRAINING',
+  /** The cluster is in sovereign mode: this gateway carries no tunnel for it. */
+  CLUSTER_SOVEREIGN: 'CLUSTER_SOVEREIGN',
   /** Peer verification failed for a reason without a more specific code. */
   AGENT_REFUSED: 'AGENT_REFUSED',
 } as const;

@@ -20,6 +20,8 @@ export const H_CLIENT_ADDRESS = 'tether-client-address';
 export const H_CLIENT_PROTOCOL = 'tether-client-protocol';
 export const H_REQUEST_ID = 'tether-request-id';
 export const H_ERROR = 'tether-error';
+/** On a `CLUSTER_SOVEREIGN` answer: the mode that keeps the gateway out (`sovereign`). */
+export const H_CLUSTER_MODE = 'tether-cluster-mode';
 export const H_CONTROL = 'tether-control';
 
 /**
