@@ -399,6 +399,9 @@ export class ClientProxy {
     const remote = req.socket.remoteAddress;
     this.admit(headers, headers.host).then(
       (admitted) => {
+        // A client gone while admission ran: its 'close' has fired, so `onGone` would never run and
+        // the tunnel stream (and its upstream connection) would stay open for nobody.
+        if (socket.destroyed) return;
         const pseudo = { ':method': 'CONNECT', ':protocol': 'websocket', ':path': path, ':authority': headers.host ?? admitted.clusterId, ':scheme': 'https' };
         const out = this.tunnelHeaders(headers, admitted, remote, 'http1', pseudo);
         delete out['sec-websocket-key'];
@@ -430,6 +433,7 @@ export class ClientProxy {
     };
     this.admit(headers, undefined).then(
       (admitted) => {
+        if (socket.destroyed) return; // gone while admission ran (see handleHttp1Upgrade)
         const out = this.tunnelHeaders(headers, admitted, req.socket.remoteAddress, 'http1', { ':method': 'CONNECT', ':authority': target });
         if (head.length > 0) socket.unshift(head);
         this.forward(admitted.clusterId, out, client);
@@ -488,6 +492,11 @@ export class ClientProxy {
     const authority = headers[':authority'];
     this.admit(headers, connect && protocol === undefined ? undefined : authority).then(
       (admitted) => {
+        // A stream the client reset while admission ran (rapid reset, CVE-2023-44487, does it by
+        // the thousand) has already emitted 'close': `onGone` would never run, and its tunnel
+        // stream would stay open with the response unread, holding one of the agent's
+        // concurrent-stream slots until the tunnel closes.
+        if (stream.destroyed || stream.closed) return;
         const pseudo: OutgoingHttpHeaders = connect && protocol === undefined
           ? { ':method': 'CONNECT', ':authority': authority ?? '' }
           : {

@@ -1,0 +1,207 @@
+/**
+ * What the fuzz campaign and the flood tests found, pinned down deterministically.
+ *
+ * A client that goes away while its request is being admitted (authentication and authorization
+ * are asynchronous) must not get a tunnel stream: the client's 'close' has already fired, so the
+ * gateway would never cancel that stream, and it stayed open (response unread, or a raw CONNECT
+ * or WebSocket relay to nobody), holding one of the agent's concurrent-stream slots for as long as
+ * the tunnel lived. HTTP/2 rapid reset (CVE-2023-44487) does exactly this a thousand times per
+ * connection (test/tunnel/flood.test.ts).
+ *
+ * Each test holds admission at a gate (an authorizer that waits), makes the client go away, then
+ * opens the gate and sends a normal request through the same gate. When that one's response is
+ * back, the first request's admission has finished too; it must have opened nothing: no upstream
+ * saw it, and every tunnel stream closes. Runs in both binding modes (`TETHER_TEST_BINDING`).
+ */
+import test, { type ExecutionContext } from 'ava';
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import * as http from 'node:http';
+import * as http2 from 'node:http2';
+import * as net from 'node:net';
+import { failOnLeaks } from '../helpers/leaks.js';
+import { closeH2, connectH2, h2Request, plainH1Request } from '../helpers/tunnel-clients.js';
+import { startTunnelEnv, type TunnelEnv } from '../helpers/tunnel-env.js';
+import { startHttp1Upstream, type Upstream } from '../helpers/tunnel-upstreams.js';
+
+failOnLeaks(test);
+
+const WAIT_MS = 5_000;
+
+let env: TunnelEnv;
+let upstream: Upstream;
+let tcpServer: net.Server;
+let tcpTarget = '';
+let tcpConnections = 0;
+const tcpSockets = new Set<net.Socket>();
+let wsServer: http.Server;
+let wsUpgrades = 0;
+const wsSockets = new Set<net.Socket>();
+
+/** The admission gate: closed while `held` is pending; `calls` counts authorizer calls. */
+const gate = {
+  held: Promise.resolve(),
+  open: (): void => undefined,
+  calls: 0,
+  called: (): void => undefined,
+};
+
+function closeGate(): Promise<void> {
+  gate.held = new Promise<void>((resolve) => {
+    gate.open = resolve;
+  });
+  return new Promise<void>((resolve) => {
+    gate.called = resolve;
+  });
+}
+
+test.before(async () => {
+  upstream = await startHttp1Upstream();
+  tcpServer = net.createServer((socket) => {
+    tcpConnections++;
+    tcpSockets.add(socket);
+    socket.once('close', () => tcpSockets.delete(socket));
+    socket.on('error', () => undefined);
+    socket.pipe(socket);
+  });
+  await new Promise<void>((resolve) => tcpServer.listen(0, '127.0.0.1', resolve));
+  tcpTarget = `127.0.0.1:${(tcpServer.address() as net.AddressInfo).port}`;
+  wsServer = http.createServer((_req, res) => res.end('no'));
+  wsServer.on('upgrade', (_req: http.IncomingMessage, socket: net.Socket) => {
+    wsUpgrades++;
+    wsSockets.add(socket);
+    socket.once('close', () => wsSockets.delete(socket));
+    socket.on('error', () => undefined);
+    socket.write('HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: x\r\n\r\n');
+    socket.pipe(socket);
+  });
+  await new Promise<void>((resolve) => wsServer.listen(0, '127.0.0.1', resolve));
+  const wsPort = (wsServer.address() as net.AddressInfo).port;
+  env = await startTunnelEnv({
+    gateway: {
+      authorizer: async (identity, clusterId) => {
+        gate.calls++;
+        gate.called();
+        await gate.held;
+        return identity.subject === 'alice' && clusterId === 'c1';
+      },
+    },
+    agents: [
+      {
+        clusterId: 'c1',
+        routes: [
+          { prefix: '/ws', upstream: `http://127.0.0.1:${wsPort}` },
+          { prefix: '/', upstream: upstream.url },
+        ],
+        tcpTargets: [tcpTarget],
+      },
+    ],
+  });
+});
+
+test.after.always(async () => {
+  await env?.close();
+  await upstream?.close();
+  for (const socket of [...wsSockets, ...tcpSockets]) socket.destroy();
+  await new Promise<void>((resolve) => (wsServer === undefined ? resolve() : wsServer.close(() => resolve())));
+  await new Promise<void>((resolve) => (tcpServer === undefined ? resolve() : tcpServer.close(() => resolve())));
+});
+
+const tunnelStreams = (): number => env.gateway.tunnels.all().reduce((n, tunnel) => n + tunnel.activeStreams, 0);
+
+/**
+ * Every tunnel stream closed: checked every 20 ms (a stream closes inside the gateway, with no
+ * event of its own to wait on); rejects, failing the test, when some are still open after `WAIT_MS`.
+ */
+async function tunnelStreamsClosed(): Promise<void> {
+  const deadline = Date.now() + WAIT_MS;
+  while (tunnelStreams() > 0) {
+    if (Date.now() > deadline) throw new Error(`${tunnelStreams()} tunnel stream(s) still open after ${WAIT_MS} ms`);
+    await new Promise<void>((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** The gateway side of the next accepted connection, whose 'close' tells when the gateway saw the client go. */
+function nextAcceptedSocket(): Promise<net.Socket> {
+  return new Promise((resolve) => {
+    const onSocket = (message: unknown): void => {
+      unsubscribe('net.server.socket', onSocket);
+      resolve((message as { socket: net.Socket }).socket);
+    };
+    subscribe('net.server.socket', onSocket);
+  });
+}
+
+/** A normal request through the (open) gate; its answer means every earlier admission has finished. */
+async function followUp(t: ExecutionContext, token: string): Promise<void> {
+  const plain = env.gateway.plainUrl;
+  if (plain === null) throw new Error('no plain port');
+  const reply = await plainH1Request(plain, { cluster: 'c1', token, path: '/after' });
+  t.is(reply.status, 200);
+}
+
+test.serial('HTTP/2: a stream reset by its client during admission opens no tunnel stream', async (t) => {
+  const token = await env.token(['c1'], 'alice');
+  const plain = env.gateway.plainUrl;
+  if (plain === null) throw new Error('no plain port');
+  const seenBefore = upstream.seen.length;
+  const session = await connectH2(plain);
+  try {
+    const called = closeGate();
+    const stream = session.request({ ':method': 'GET', ':path': '/reset-me', ':authority': 'c1.tether.localhost', authorization: `Bearer ${token}` });
+    stream.on('error', () => undefined);
+    await called;
+    stream.close(http2.constants.NGHTTP2_CANCEL);
+    // The gateway reads frames in order: once it acknowledges this PING, it has processed the
+    // RST_STREAM before it and closed its side of the stream.
+    await new Promise<void>((resolve, reject) => session.ping((error) => (error === null ? resolve() : reject(error))));
+    gate.open();
+    const reply = await h2Request(session, { cluster: 'c1', token, path: '/after' });
+    t.is(reply.status, 200);
+  } finally {
+    await closeH2(session);
+  }
+  await tunnelStreamsClosed();
+  t.deepEqual(upstream.seen.slice(seenBefore).length, 1, 'only the follow-up reached the upstream');
+});
+
+test.serial('WebSocket upgrade: a client gone during admission gets no tunnel stream', async (t) => {
+  const token = await env.token(['c1'], 'alice');
+  const plain = new URL(env.gateway.plainUrl ?? '');
+  const upgradesBefore = wsUpgrades;
+  const accepted = nextAcceptedSocket();
+  const called = closeGate();
+  const client = net.connect(Number(plain.port), plain.hostname);
+  client.on('error', () => undefined);
+  client.write(
+    `GET /ws HTTP/1.1\r\nhost: c1.tether.localhost\r\nauthorization: Bearer ${token}\r\nupgrade: websocket\r\nconnection: Upgrade\r\n` +
+      'sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n',
+  );
+  const server = await accepted;
+  await called;
+  const gone = new Promise<void>((resolve) => server.once('close', () => resolve()));
+  client.destroy();
+  await gone;
+  gate.open();
+  await followUp(t, token);
+  await tunnelStreamsClosed();
+  t.is(wsUpgrades, upgradesBefore, 'the upstream got no upgrade');
+});
+
+test.serial('CONNECT: a client gone during admission gets no tunnel stream', async (t) => {
+  const token = await env.token(['c1'], 'alice');
+  const plain = new URL(env.gateway.plainUrl ?? '');
+  const accepted = nextAcceptedSocket();
+  const called = closeGate();
+  const client = net.connect(Number(plain.port), plain.hostname);
+  client.on('error', () => undefined);
+  client.write(`CONNECT ${tcpTarget} HTTP/1.1\r\nhost: ${tcpTarget}\r\ntether-cluster: c1\r\nauthorization: Bearer ${token}\r\n\r\n`);
+  const server = await accepted;
+  await called;
+  const gone = new Promise<void>((resolve) => server.once('close', () => resolve()));
+  client.destroy();
+  await gone;
+  gate.open();
+  await followUp(t, token);
+  await tunnelStreamsClosed();
+  t.is(tcpConnections, 0);
+});
