@@ -228,6 +228,18 @@ export class AgentClient implements Closable {
     });
   }
 
+  /**
+   * Tell the control plane that the mode its Welcome claimed is not the one the customer approved
+   * (DESIGN.md I6): it records the answer in its audit log. Sent on the current stream; dropped
+   * when there is none (the next Welcome is answered again).
+   */
+  reportMode(report: { claimed: 'tunnel' | 'sovereign'; local: 'tunnel' | 'sovereign'; code: string; seq: number; message: string }): boolean {
+    if (this.#current === null || this.#welcome === null) return false;
+    const mode = (m: 'tunnel' | 'sovereign'): pb.ClusterMode => (m === 'sovereign' ? pb.ClusterMode.SOVEREIGN : pb.ClusterMode.TUNNEL);
+    this.#send({ kind: { case: 'modeReport', value: { claimedMode: mode(report.claimed), localMode: mode(report.local), code: report.code, documentSeq: String(report.seq), message: report.message } } });
+    return true;
+  }
+
   #send(message: MessageInitShape<typeof pb.AgentMessageSchema>): void {
     this.#current?.stream.write(create(pb.AgentMessageSchema, message));
   }

@@ -8,9 +8,11 @@ import type { CertificateSource } from '../certs/index.js';
 import type { Closable } from '../common/lifecycle.js';
 import { once } from '../common/lifecycle.js';
 import type { Logger } from '../common/log.js';
+import * as pb from '../control/gen/tether/control/v1/control_pb.js';
 import { AgentClient } from './control-client.js';
 import { startEmbeddedDataproxy, type EmbeddedDataproxy, type EmbeddedDataproxyOptions } from './dataproxy/index.js';
 import { Executor } from './executor/index.js';
+import type { ModeAuthority } from './sovereignty.js';
 
 export interface OrchestrationOptions {
   /** `host:port` of the control plane's agents' listener (mutual TLS). */
@@ -22,6 +24,12 @@ export interface OrchestrationOptions {
   /** Where runs get their working folders. */
   workDir: string;
   dataproxy: EmbeddedDataproxyOptions;
+  /**
+   * Who answers the mode the control plane claims in each Welcome: the tunnel side (`Agent`), whose
+   * customer-approved local mode wins. A claim it does not agree with is reported back on the
+   * channel for the control plane's audit log. Absent: claims are ignored.
+   */
+  mode?: ModeAuthority;
   logger?: Logger;
 }
 
@@ -48,6 +56,12 @@ export class Orchestration implements Closable {
         this.executor.start(assignment);
       },
       onAbort: (runId, reason) => this.executor.abort(runId, reason),
+      onWelcome: (welcome) => {
+        const claimed = welcome.mode === pb.ClusterMode.SOVEREIGN ? 'sovereign' : welcome.mode === pb.ClusterMode.TUNNEL ? 'tunnel' : null;
+        if (claimed === null || options.mode === undefined) return;
+        const verdict = options.mode.answerControlPlaneMode(claimed);
+        if (!verdict.agreed) client?.reportMode(verdict);
+      },
       ...(options.logger === undefined ? {} : { logger: options.logger }),
     });
     this.client = client;

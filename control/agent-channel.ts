@@ -12,6 +12,7 @@
  * Events are applied in order and answered with `EventsAck` carrying each outcome, so an agent
  * can retry a batch after a reconnect: repeats are DUPLICATE, never a second log row.
  */
+import { EventEmitter } from 'node:events';
 import { Metadata, status } from '@grpc/grpc-js';
 import type { ServerDuplexStream } from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
@@ -38,6 +39,8 @@ export const AgentChannelErrorCode = {
   NO_HELLO: 'AGENT_NO_HELLO',
   /** No message (heartbeat or other) for three heartbeat intervals. */
   SILENT: 'AGENT_SILENT',
+  /** A mode report whose code is not a code (recorded in the audit log under this one instead). */
+  BAD_MODE_REPORT: 'AGENT_BAD_MODE_REPORT',
 } as const;
 
 export interface AgentChannelOptions {
@@ -149,6 +152,8 @@ class Session {
         return;
       case 'events':
         return this.#events(kind.value);
+      case 'modeReport':
+        return this.#modeReport(kind.value);
       default:
         return;
     }
@@ -218,6 +223,28 @@ class Session {
       },
     });
     if (freed) this.offer();
+  }
+
+  /**
+   * The agent answered a Welcome's mode with the mode its customer approved (DESIGN.md I6): the
+   * cluster's data plane stays in its local mode whatever the registration says. Recorded in the
+   * audit log (operation `agent.mode`, result the agent's code) and logged; nothing else changes.
+   */
+  async #modeReport(report: pb.AgentModeReport): Promise<void> {
+    const mode = (m: pb.ClusterMode): string => (m === pb.ClusterMode.SOVEREIGN ? 'sovereign' : m === pb.ClusterMode.TUNNEL ? 'tunnel' : 'unspecified');
+    // The code is the agent's; keep only what looks like one (the audit log is read by people and tools).
+    const code = /^[A-Z][A-Z0-9_]{0,63}$/.test(report.code) ? report.code : AgentChannelErrorCode.BAD_MODE_REPORT;
+    const seq = /^\d{1,20}$/.test(report.documentSeq) ? report.documentSeq : '0';
+    const claimed = mode(report.claimedMode);
+    const local = mode(report.localMode);
+    this.#channel.logger.warn({ ...this.agent, code, claimed, local, seq }, `agent keeps its customer-approved ${local} mode; the registration says ${claimed}`);
+    const resource = `cluster/${this.agent.clusterId}/mode(claimed=${claimed},local=${local},seq=${seq})`;
+    try {
+      await this.#channel.service.audit({ principal: `agent:${this.agent.clusterId}/${this.agent.agentId}`, operation: 'agent.mode', resource, result: code });
+    } catch (reason) {
+      this.#channel.logger.error({ err: reason }, 'audit write failed');
+    }
+    this.#channel.events.emit('modeReport', { ...this.agent, claimed, local, code, seq });
   }
 
   #sendWelcome(cluster: ClusterRecord): void {
@@ -314,7 +341,17 @@ class Session {
   }
 }
 
+/** An agent's mode report, once it is in the audit log. */
+export interface ModeReportRecord extends AgentIdentity {
+  claimed: string;
+  local: string;
+  code: string;
+  seq: string;
+}
+
 export class AgentChannel {
+  /** `modeReport`: an agent kept its customer-approved mode against the registration (already audited). */
+  readonly events = new EventEmitter<{ modeReport: [ModeReportRecord] }>();
   readonly service: ControlService;
   readonly logger: Logger;
   readonly trustDomain: string;
