@@ -11,6 +11,7 @@ import { registerControlCommand } from './commands/control.js';
 import { registerDataCommand } from './commands/data.js';
 import { registerDevCommand } from './commands/dev.js';
 import { registerGatewayCommand } from './commands/gateway.js';
+import { registerSovereigntyCommand } from './commands/sovereignty.js';
 import { registerXdsCommand } from './commands/xds.js';
 
 export function buildProgram(): Command {
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
   registerControlCommand(program);
   registerXdsCommand(program);
   registerDataCommand(program);
+  registerSovereigntyCommand(program);
   return program;
 }
 

@@ -1,0 +1,110 @@
+/**
+ * `tether sovereignty keygen|sign|verify` as real child processes (`node bin/tether.js`), and the
+ * documents they make read by a real agent through `sovereignty.customerKeyFile`.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import test from 'ava';
+import type { ExecutionContext } from 'ava';
+import { Agent } from '../../agent/index.js';
+import { importCustomerPublicKey, verifyModeDocument } from '../../agent/mode-document.js';
+import type { ModeRefusal } from '../../agent/sovereignty.js';
+import { silentLogger } from '../../common/log.js';
+import { failOnLeaks } from '../helpers/leaks.js';
+import { nextEvent } from './mode-fixtures.js';
+
+failOnLeaks(test);
+
+const BIN = resolve(fileURLToPath(new URL('../../bin/tether.js', import.meta.url)));
+
+interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function tether(cwd: string, args: string[]): Promise<RunResult> {
+  return new Promise((done) => {
+    execFile(process.execPath, [BIN, ...args], { cwd, timeout: 60_000 }, (error, stdout, stderr) => {
+      done({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1, stdout, stderr });
+    });
+  });
+}
+
+async function workDir(t: ExecutionContext): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'tether-sovereignty-cli-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test('keygen, sign and verify: the customer signs, the agent side verifies; a wrong key, another cluster or a tampered file exit 1 with their codes', async (t) => {
+  const dir = await workDir(t);
+  const keygen = await tether(dir, ['sovereignty', 'keygen', '--out', 'customer']);
+  t.is(keygen.code, 0, keygen.stderr);
+  t.regex(keygen.stdout, /key thumbprint \(RFC 7638, SHA-256\): [A-Za-z0-9_-]{43}/);
+  t.is((await stat(join(dir, 'customer.key'))).mode & 0o777, 0o600);
+  t.is((await tether(dir, ['sovereignty', 'keygen', '--out', 'customer'])).stderr.trim(), 'tether: FILE_EXISTS: customer.key exists; pass --force to overwrite');
+  const other = await tether(dir, ['sovereignty', 'keygen', '--out', 'other', '--algorithm', 'p-256']);
+  t.is(other.code, 0, other.stderr);
+
+  const sign = await tether(dir, ['sovereignty', 'sign', '--key', 'customer.key', '--cluster', 'c1', '--mode', 'sovereign', '--seq', '41', '--out', 'mode.jws']);
+  t.is(sign.code, 0, sign.stderr);
+  t.regex(sign.stdout, /^signed mode\.jws: cluster c1, mode sovereign, seq 41, issued /);
+  const document = await verifyModeDocument(await readFile(join(dir, 'mode.jws'), 'utf8'), importCustomerPublicKey(await readFile(join(dir, 'customer.pub.pem'), 'utf8')), 'c1');
+  t.like(document, { cluster: 'c1', mode: 'sovereign', seq: 41, alg: 'EdDSA' });
+
+  const verify = await tether(dir, ['sovereignty', 'verify', '--public-key', 'customer.pub.pem', '--file', 'mode.jws', '--cluster', 'c1']);
+  t.is(verify.code, 0, verify.stderr);
+  t.regex(verify.stdout, /^valid: cluster c1, mode sovereign, seq 41, issued .*, alg EdDSA$/m);
+
+  const refusal = async (args: string[]): Promise<string> => {
+    const run = await tether(dir, args);
+    t.is(run.code, 1, run.stdout);
+    return /^tether: ([A-Z_]+):/.exec(run.stderr)?.[1] ?? run.stderr;
+  };
+  const [header, , signature] = (await readFile(join(dir, 'mode.jws'), 'utf8')).trim().split('.');
+  const tunnelPayload = Buffer.from(JSON.stringify({ v: 1, cluster: 'c1', mode: 'tunnel', seq: 42, iat: 1 })).toString('base64url');
+  await writeFile(join(dir, 'tampered.jws'), `${header}.${tunnelPayload}.${signature}\n`);
+  await writeFile(join(dir, 'unsigned.json'), JSON.stringify({ v: 1, cluster: 'c1', mode: 'tunnel', seq: 42, iat: 1 }));
+  const codes = await Promise.all([
+    refusal(['sovereignty', 'verify', '--public-key', 'other.pub.pem', '--file', 'mode.jws']),
+    refusal(['sovereignty', 'verify', '--public-key', 'customer.pub.pem', '--file', 'mode.jws', '--cluster', 'c2']),
+    refusal(['sovereignty', 'verify', '--public-key', 'customer.pub.pem', '--file', 'tampered.jws']),
+    refusal(['sovereignty', 'verify', '--public-key', 'customer.pub.pem', '--file', 'unsigned.json']),
+    refusal(['sovereignty', 'verify', '--public-key', 'customer.key', '--file', 'mode.jws']),
+    refusal(['sovereignty', 'sign', '--key', 'customer.pub.pem', '--cluster', 'c1', '--mode', 'tunnel', '--out', 'x.jws']),
+  ]);
+  t.deepEqual(codes, ['MODE_BAD_SIGNATURE', 'MODE_WRONG_CLUSTER', 'MODE_BAD_SIGNATURE', 'MODE_UNSIGNED', 'MODE_KEY_INVALID', 'MODE_KEY_INVALID']);
+
+  // P-256 signs with ES256.
+  t.is((await tether(dir, ['sovereignty', 'sign', '--key', 'other.key', '--cluster', 'c1', '--mode', 'tunnel', '--out', 'p256.jws'])).code, 0);
+  t.regex((await tether(dir, ['sovereignty', 'verify', '--public-key', 'other.pub.pem', '--file', 'p256.jws'])).stdout, /alg ES256/);
+});
+
+test('an agent pinning the CLI-made public key file takes the CLI-signed document and refuses an older one', async (t) => {
+  const dir = await workDir(t);
+  t.is((await tether(dir, ['sovereignty', 'keygen', '--out', 'customer'])).code, 0);
+  t.is((await tether(dir, ['sovereignty', 'sign', '--key', 'customer.key', '--cluster', 'c1', '--mode', 'sovereign', '--out', 'mode.jws'])).code, 0);
+  const agent = new Agent({
+    gateways: ['127.0.0.1:9'],
+    tls: { key: '', cert: '', ca: '' },
+    logger: silentLogger(),
+    sovereignty: { clusterId: 'c1', customerKeyFile: join(dir, 'customer.pub.pem'), modeFile: join(dir, 'mode.jws'), pollMs: 60_000 },
+  });
+  t.teardown(() => agent.close());
+  await agent.start();
+  t.is(agent.mode, 'sovereign');
+  const seq = agent.modeDocument?.seq ?? 0;
+  t.true(seq > 1_600_000_000_000, 'the default seq is the signing time in ms');
+  t.deepEqual(agent.readiness().details?.knownGateways, []);
+
+  const refused = nextEvent<[ModeRefusal]>(agent.events, 'modeRefused');
+  t.is((await tether(dir, ['sovereignty', 'sign', '--key', 'customer.key', '--cluster', 'c1', '--mode', 'tunnel', '--seq', '5', '--out', 'mode.jws'])).code, 0);
+  await agent.reloadMode();
+  t.is((await refused)[0].code, 'MODE_REPLAYED');
+  t.is(agent.mode, 'sovereign');
+  t.is(agent.modeDocument?.seq, seq);
+});
