@@ -1,8 +1,8 @@
 /**
  * The built-in router's own ADS client: one State-of-the-World `StreamAggregatedResources` stream
  * to an xDS server. It subscribes to listeners (wildcard), to the route configuration named by
- * the chosen listener's HTTP connection manager, to clusters (wildcard) and to the load
- * assignments those clusters read. Each response is compiled as a whole: if everything in it can
+ * the chosen listener's HTTP connection manager, to clusters (wildcard), to the load assignments
+ * those clusters read, and (for a downstream front) to the SDS secret its TLS names. Each response is compiled as a whole: if everything in it can
  * be applied it is ACKed and the router gets the new configuration; otherwise it is NACKed with
  * `error_detail` naming the resource and field, and the last good configuration stays.
  * Lost streams are re-opened with jittered backoff (the applied configuration keeps routing
@@ -23,6 +23,7 @@ import { NodeSchema } from '../../xds/gen/envoy/config/core/v3/base_pb.js';
 import type { ClusterLoadAssignment } from '../../xds/gen/envoy/config/endpoint/v3/endpoint_pb.js';
 import type { Listener } from '../../xds/gen/envoy/config/listener/v3/listener_pb.js';
 import type { RouteConfiguration } from '../../xds/gen/envoy/config/route/v3/route_pb.js';
+import type { Secret } from '../../xds/gen/envoy/extensions/transport_sockets/tls/v3/secret_pb.js';
 import { AggregatedDiscoveryService } from '../../xds/gen/envoy/service/discovery/v3/ads_pb.js';
 import { DiscoveryRequestSchema } from '../../xds/gen/envoy/service/discovery/v3/discovery_pb.js';
 import type { DiscoveryRequest, DiscoveryResponse } from '../../xds/gen/envoy/service/discovery/v3/discovery_pb.js';
@@ -30,6 +31,8 @@ import { methodDefinition } from '../../xds/grpc-service.js';
 import { TypeUrl, resourceTypeByUrl } from '../../xds/resource-types.js';
 import { compileAssignment, compileCluster, compileListener, compileRouteConfig } from './compile.js';
 import type { Compiled, CompiledAssignment, CompiledCluster, CompiledListener, CompiledRouteConfig } from './compile.js';
+import { compileSecret } from './downstream-tls.js';
+import type { CompiledSecret } from './downstream-tls.js';
 import type { Problem } from './fields.js';
 import type { Router, RouterConfig } from './router.js';
 
@@ -39,13 +42,16 @@ const INVALID_ARGUMENT = 3;
 /** How many problems a NACK names (the rest are counted). */
 const MAX_PROBLEMS_SHOWN = 5;
 
-type Kind = 'listener' | 'route' | 'cluster' | 'endpoint';
+type Kind = 'listener' | 'route' | 'cluster' | 'endpoint' | 'secret';
+/** The kinds every router reads (secrets only matter to a front with downstream TLS from SDS). */
+type RoutingKind = Exclude<Kind, 'secret'>;
 
 const KIND_OF_URL: Record<string, Kind> = {
   [TypeUrl.listener]: 'listener',
   [TypeUrl.route]: 'route',
   [TypeUrl.cluster]: 'cluster',
   [TypeUrl.endpoint]: 'endpoint',
+  [TypeUrl.secret]: 'secret',
 };
 
 export interface AdsClientOptions {
@@ -58,6 +64,12 @@ export interface AdsClientOptions {
   nodeCluster?: string;
   /** The listener to route by; default the first one the server sends. */
   listenerName?: string;
+  /**
+   * The router's front accepts connections itself (the sovereign front): the chosen listener's
+   * PROXY protocol filter, downstream TLS and jwt_authn/rbac filters are compiled (see
+   * `CompileListenerOptions`), and the SDS secrets its TLS names are subscribed to.
+   */
+  downstream?: boolean;
   credentials?: ChannelCredentials;
   backoff?: BackoffOptions;
   logger?: Logger;
@@ -112,6 +124,7 @@ export class AdsClient extends EventEmitter<AdsClientEvents> implements Closable
   readonly #routes = new Map<string, CompiledRouteConfig>();
   readonly #clusters = new Map<string, CompiledCluster>();
   readonly #assignments = new Map<string, CompiledAssignment>();
+  readonly #secrets = new Map<string, CompiledSecret>();
   #published: RouterConfig | null = null;
 
   constructor(options: AdsClientOptions) {
@@ -129,6 +142,7 @@ export class AdsClient extends EventEmitter<AdsClientEvents> implements Closable
       route: state('route', TypeUrl.route, []),
       cluster: state('cluster', TypeUrl.cluster, null),
       endpoint: state('endpoint', TypeUrl.endpoint, []),
+      secret: state('secret', TypeUrl.secret, []),
     };
   }
 
@@ -139,8 +153,13 @@ export class AdsClient extends EventEmitter<AdsClientEvents> implements Closable
   }
 
   /** Applied type versions (for status and tests). */
-  versions(): Record<Kind, string> {
+  versions(): Record<RoutingKind, string> {
     return { listener: this.#types.listener.version, route: this.#types.route.version, cluster: this.#types.cluster.version, endpoint: this.#types.endpoint.version };
+  }
+
+  /** The applied SDS version ('' before any; only a downstream router subscribes to secrets). */
+  get secretVersion(): string {
+    return this.#types.secret.version;
   }
 
   /** Names currently subscribed for a type (null = wildcard). */
@@ -189,6 +208,7 @@ export class AdsClient extends EventEmitter<AdsClientEvents> implements Closable
     this.#request(this.#types.listener);
     if ((this.#types.endpoint.names ?? []).length > 0) this.#request(this.#types.endpoint);
     if ((this.#types.route.names ?? []).length > 0) this.#request(this.#types.route);
+    if ((this.#types.secret.names ?? []).length > 0) this.#request(this.#types.secret);
     this.emit('connected');
   }
 
@@ -286,7 +306,8 @@ export class AdsClient extends EventEmitter<AdsClientEvents> implements Closable
         const wanted = this.#options.listenerName;
         const chosen = wanted === undefined ? listeners[0] : listeners.find((l) => l.name === wanted);
         // Only the listener the router uses is compiled (and can be NACKed); others are not applied.
-        const compiled = each<Listener, CompiledListener | null>('listener', (l) => l.name, (l) => (l === chosen ? compileListener(l) : { ok: true, value: null }));
+        const options = { downstream: this.#options.downstream === true };
+        const compiled = each<Listener, CompiledListener | null>('listener', (l) => l.name, (l) => (l === chosen ? compileListener(l, options) : { ok: true, value: null }));
         if (problems.length > 0) return { ok: false, problems };
         const listener = compiled.find(([name]) => name === chosen?.name)?.[1] ?? null;
         return {
@@ -318,6 +339,11 @@ export class AdsClient extends EventEmitter<AdsClientEvents> implements Closable
         if (problems.length > 0) return { ok: false, problems };
         return { ok: true, apply: () => compiled.forEach(([name, value]) => this.#assignments.set(name, value)) };
       }
+      case 'secret': {
+        const compiled = each<Secret, CompiledSecret>('secret', (c) => c.name, compileSecret);
+        if (problems.length > 0) return { ok: false, problems };
+        return { ok: true, apply: () => compiled.forEach(([name, value]) => this.#secrets.set(name, value)) };
+      }
     }
   }
 
@@ -327,6 +353,8 @@ export class AdsClient extends EventEmitter<AdsClientEvents> implements Closable
     this.#setNames(this.#types.route, rds === null || rds === undefined ? [] : [rds], this.#routes);
     const eds = [...new Set([...this.#clusters.values()].flatMap((c) => (c.edsName === null ? [] : [c.edsName])))].sort();
     this.#setNames(this.#types.endpoint, eds, this.#assignments);
+    const certificate = this.#listener?.downstream?.tls.certificate;
+    this.#setNames(this.#types.secret, certificate !== undefined && 'sds' in certificate ? [certificate.sds] : [], this.#secrets);
   }
 
   #setNames(state: TypeState, names: string[], held: Map<string, unknown>): void {
@@ -343,12 +371,14 @@ export class AdsClient extends EventEmitter<AdsClientEvents> implements Closable
     if (listener === null) return;
     const routeConfig = listener.inline ?? (listener.rds === null ? null : (this.#routes.get(listener.rds) ?? null));
     const v = this.versions();
+    const sds = this.#types.secret.version;
     const config: RouterConfig = {
-      version: `lds=${v.listener} rds=${v.route} cds=${v.cluster} eds=${v.endpoint}`,
+      version: `lds=${v.listener} rds=${v.route} cds=${v.cluster} eds=${v.endpoint}${sds === '' ? '' : ` sds=${sds}`}`,
       listener,
       routeConfig,
       clusters: new Map(this.#clusters),
       assignments: new Map(this.#assignments),
+      secrets: new Map(this.#secrets),
     };
     this.#published = config;
     this.#options.router.update(config);

@@ -21,27 +21,25 @@ import { FilterChainSchema, FilterSchema } from '../../xds/gen/envoy/config/list
 import { ListenerSchema } from '../../xds/gen/envoy/config/listener/v3/listener_pb.js';
 import type { Listener } from '../../xds/gen/envoy/config/listener/v3/listener_pb.js';
 import {
-  HeaderMatcherSchema,
   RetryPolicySchema,
   RouteActionSchema,
-  RouteMatchSchema,
   RouteSchema,
   VirtualHostSchema,
   WeightedCluster_ClusterWeightSchema,
   WeightedClusterSchema,
 } from '../../xds/gen/envoy/config/route/v3/route_components_pb.js';
-import type { HeaderMatcher, RetryPolicy, Route, VirtualHost } from '../../xds/gen/envoy/config/route/v3/route_components_pb.js';
+import type { RetryPolicy, Route, VirtualHost } from '../../xds/gen/envoy/config/route/v3/route_components_pb.js';
 import { RouteConfigurationSchema } from '../../xds/gen/envoy/config/route/v3/route_pb.js';
 import type { RouteConfiguration } from '../../xds/gen/envoy/config/route/v3/route_pb.js';
 import { HttpConnectionManagerSchema, HttpFilterSchema } from '../../xds/gen/envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager_pb.js';
 import type { HttpConnectionManager } from '../../xds/gen/envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager_pb.js';
 import { UpstreamTlsContextSchema } from '../../xds/gen/envoy/extensions/transport_sockets/tls/v3/tls_pb.js';
-import { StringMatcherSchema } from '../../xds/gen/envoy/type/matcher/v3/string_pb.js';
-import type { StringMatcher } from '../../xds/gen/envoy/type/matcher/v3/string_pb.js';
 import { HCM_TYPE_URL, ROUTER_TYPE_URL } from '../../xds/references.js';
 import { deniedFields, durationMs, join, onlyFields } from './fields.js';
 import type { Problem } from './fields.js';
-import { compileRe2 } from './regex.js';
+import { compileDownstreamListener, compileHttpSecurityFilters } from './downstream.js';
+import type { CompiledDownstream } from './downstream.js';
+import { compileRouteMatch } from './matchers.js';
 
 export const HTTP_PROTOCOL_OPTIONS_KEY = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions';
 export const HTTP_PROTOCOL_OPTIONS_TYPE_URL = `type.googleapis.com/${HTTP_PROTOCOL_OPTIONS_KEY}`;
@@ -103,6 +101,21 @@ export interface CompiledListener {
   rds: string | null;
   inline: CompiledRouteConfig | null;
   stripPort: boolean;
+  /**
+   * Address, PROXY protocol, TLS and the jwt_authn/rbac filters, for a front that accepts
+   * connections itself; compiled only with `{ downstream: true }` (else null).
+   */
+  downstream: CompiledDownstream | null;
+}
+
+export interface CompileListenerOptions {
+  /**
+   * The router's front accepts connections itself and enforces what the listener says about them
+   * (the sovereign front): `listener_filters` (PROXY protocol), the chain's `transport_socket`
+   * (DownstreamTlsContext, required) and the jwt_authn and rbac HTTP filters are compiled.
+   * Without it they are refused as unsupported: a router behind the tunnel would not apply them.
+   */
+  downstream?: boolean;
 }
 
 export interface Endpoint {
@@ -153,9 +166,11 @@ function adsOrSelf(source: ConfigSource | undefined): boolean {
   return which === 'ads' || which === 'self';
 }
 
-export function compileListener(listener: Listener): Compiled<CompiledListener> {
+export function compileListener(listener: Listener, options: CompileListenerOptions = {}): Compiled<CompiledListener> {
   const problems: Problem[] = [];
-  deniedFields(ListenerSchema, listener, LISTENER_DENIED, '', problems);
+  const downstream = options.downstream === true;
+  deniedFields(ListenerSchema, listener, downstream ? LISTENER_DENIED.filter((f) => f !== 'listener_filters') : LISTENER_DENIED, '', problems);
+  const outer = downstream ? compileDownstreamListener(listener, problems) : null;
   const found: Array<{ hcm: HttpConnectionManager; field: string }> = [];
   const decode = (any: Any | undefined, field: string): void => {
     if (any === undefined) return;
@@ -169,7 +184,7 @@ export function compileListener(listener: Listener): Compiled<CompiledListener> 
   const chains = listener.filterChains.map((chain, i) => ({ chain, field: `filter_chains[${i}]` }));
   if (listener.defaultFilterChain !== undefined) chains.push({ chain: listener.defaultFilterChain, field: 'default_filter_chain' });
   for (const { chain, field } of chains) {
-    onlyFields(FilterChainSchema, chain, FILTER_CHAIN_SUPPORTED, field, problems);
+    onlyFields(FilterChainSchema, chain, downstream ? [...FILTER_CHAIN_SUPPORTED, 'transport_socket'] : FILTER_CHAIN_SUPPORTED, field, problems);
     chain.filters.forEach((filter, j) => {
       const at = `${field}.filters[${j}]`;
       onlyFields(FilterSchema, filter, ['name', 'typed_config'], at, problems);
@@ -189,10 +204,11 @@ export function compileListener(listener: Listener): Compiled<CompiledListener> 
     const typeUrl = filter.configType.case === 'typedConfig' ? filter.configType.value.typeUrl : '';
     if (typeUrl === ROUTER_TYPE_URL) {
       if (i !== hcm.httpFilters.length - 1) problems.push({ field: at, message: 'the router filter must be last' });
-    } else if (!filter.isOptional && !filter.disabled) {
+    } else if (!downstream && !filter.isOptional && !filter.disabled) {
       problems.push({ field: join(at, 'typed_config'), message: `${typeUrl === '' ? filter.name : typeUrl} unsupported` });
     }
   });
+  const filters = downstream ? compileHttpSecurityFilters(hcm, field, problems) : [];
   let rds: string | null = null;
   let inline: CompiledRouteConfig | null = null;
   const spec = hcm.routeSpecifier;
@@ -208,7 +224,7 @@ export function compileListener(listener: Listener): Compiled<CompiledListener> 
     problems.push({ field: join(field, 'route_specifier'), message: spec.case === undefined ? 'needs rds or route_config' : 'unsupported' });
   }
   const stripPort = hcm.stripPortMode.case === 'stripAnyHostPort' ? hcm.stripPortMode.value : hcm.stripMatchingHostPort;
-  return result(problems, () => ({ name: listener.name, rds, inline, stripPort }));
+  return result(problems, () => ({ name: listener.name, rds, inline, stripPort, downstream: outer === null ? null : { ...outer, filters } }));
 }
 
 // ---- route configurations ---------------------------------------------------------------
@@ -219,8 +235,6 @@ const VHOST_SUPPORTED = ['name', 'domains', 'routes', 'retry_policy'];
 const VHOST_IGNORED = ['metadata', 'per_request_buffer_limit_bytes'];
 const ROUTE_SUPPORTED = ['name', 'match', 'route'];
 const ROUTE_IGNORED = ['metadata', 'decorator', 'stat_prefix', 'tracing', 'per_request_buffer_limit_bytes'];
-const MATCH_SUPPORTED = ['prefix', 'path', 'safe_regex', 'case_sensitive', 'headers'];
-const HEADER_SUPPORTED = ['name', 'exact_match', 'safe_regex_match', 'present_match', 'prefix_match', 'suffix_match', 'contains_match', 'string_match', 'invert_match', 'treat_missing_header_as_empty'];
 const ACTION_SUPPORTED = ['cluster', 'weighted_clusters', 'timeout', 'retry_policy', 'prefix_rewrite'];
 const ACTION_IGNORED = ['cluster_not_found_response_code', 'hash_policy', 'upgrade_configs'];
 const RETRY_SUPPORTED = ['retry_on', 'num_retries', 'per_try_timeout'];
@@ -315,114 +329,6 @@ function compileRetry(policy: RetryPolicy, at: string, problems: Problem[]): Ret
   return { attempts: 1 + retries, ...(perTry === undefined || perTry === 0 ? {} : { perTryTimeoutMs: perTry }), on };
 }
 
-type HeaderTest = (request: RouteRequest) => boolean;
-
-function headerValue(request: RouteRequest, name: string): string | undefined {
-  const lower = name.toLowerCase();
-  if (lower === ':authority' || lower === 'host') return request.authority;
-  if (lower === ':method') return request.method;
-  if (lower === ':path') return request.path;
-  const value = request.headers[lower];
-  if (value === undefined) return undefined;
-  return typeof value === 'string' ? value : value.join(',');
-}
-
-function stringTest(matcher: StringMatcher, at: string, problems: Problem[]): ((value: string) => boolean) | null {
-  onlyFields(StringMatcherSchema, matcher, ['exact', 'prefix', 'suffix', 'safe_regex', 'contains', 'ignore_case'], at, problems);
-  const fold = matcher.ignoreCase;
-  const norm = (s: string) => (fold ? s.toLowerCase() : s);
-  const p = matcher.matchPattern;
-  switch (p.case) {
-    case 'exact': {
-      const want = norm(p.value);
-      return (v) => norm(v) === want;
-    }
-    case 'prefix': {
-      const want = norm(p.value);
-      return (v) => norm(v).startsWith(want);
-    }
-    case 'suffix': {
-      const want = norm(p.value);
-      return (v) => norm(v).endsWith(want);
-    }
-    case 'contains': {
-      const want = norm(p.value);
-      return (v) => norm(v).includes(want);
-    }
-    case 'safeRegex': {
-      const compiled = compileRe2(p.value.regex);
-      if (!compiled.ok) {
-        problems.push({ field: join(at, 'safe_regex.regex'), message: compiled.reason });
-        return null;
-      }
-      const regex = compiled.regex;
-      return (v) => regex.test(v);
-    }
-    default:
-      problems.push({ field: at, message: p.case === undefined ? 'needs a match pattern' : 'unsupported' });
-      return null;
-  }
-}
-
-function compileHeader(header: HeaderMatcher, at: string, problems: Problem[]): HeaderTest | null {
-  onlyFields(HeaderMatcherSchema, header, HEADER_SUPPORTED, at, problems);
-  const name = header.name;
-  const invert = header.invertMatch;
-  const spec = header.headerMatchSpecifier;
-  if (spec.case === 'presentMatch') {
-    const want = spec.value;
-    return (request) => (headerValue(request, name) !== undefined) === want !== invert;
-  }
-  let test: ((value: string) => boolean) | null = null;
-  switch (spec.case) {
-    case 'exactMatch': {
-      const want = spec.value;
-      test = (v) => v === want;
-      break;
-    }
-    case 'prefixMatch': {
-      const want = spec.value;
-      test = (v) => v.startsWith(want);
-      break;
-    }
-    case 'suffixMatch': {
-      const want = spec.value;
-      test = (v) => v.endsWith(want);
-      break;
-    }
-    case 'containsMatch': {
-      const want = spec.value;
-      test = (v) => v.includes(want);
-      break;
-    }
-    case 'safeRegexMatch': {
-      const compiled = compileRe2(spec.value.regex);
-      if (!compiled.ok) problems.push({ field: join(at, 'safe_regex_match.regex'), message: compiled.reason });
-      else {
-        const regex = compiled.regex;
-        test = (v) => regex.test(v);
-      }
-      break;
-    }
-    case 'stringMatch':
-      test = stringTest(spec.value, join(at, 'string_match'), problems);
-      break;
-    case undefined:
-      // No specifier: Envoy treats it as "present".
-      return (request) => (headerValue(request, name) !== undefined) !== invert;
-    default:
-      return null; // range_match: already reported by onlyFields
-  }
-  if (test === null) return null;
-  const missingAsEmpty = header.treatMissingHeaderAsEmpty;
-  const check = test;
-  return (request) => {
-    const value = headerValue(request, name) ?? (missingAsEmpty ? '' : undefined);
-    if (value === undefined) return false;
-    return check(value) !== invert;
-  };
-}
-
 function compileRoute(route: Route, at: string, vhostRetry: RetrySpec | undefined, problems: Problem[]): CompiledRoute | null {
   onlyFields(RouteSchema, route, [...ROUTE_SUPPORTED, ...ROUTE_IGNORED], at, problems);
   const match = route.match;
@@ -430,30 +336,8 @@ function compileRoute(route: Route, at: string, vhostRetry: RetrySpec | undefine
     problems.push({ field: join(at, 'match'), message: 'is required' });
     return null;
   }
-  onlyFields(RouteMatchSchema, match, MATCH_SUPPORTED, join(at, 'match'), problems);
-  const caseSensitive = match.caseSensitive ?? true;
-  const fold = (s: string) => (caseSensitive ? s : s.toLowerCase());
-  let pathTest: ((path: string, full: string) => boolean) | null = null;
-  let prefix: string | null = null;
-  const spec = match.pathSpecifier;
-  if (spec.case === 'prefix') {
-    const want = fold(spec.value);
-    prefix = spec.value;
-    pathTest = (_path, full) => fold(full).startsWith(want);
-  } else if (spec.case === 'path') {
-    const want = fold(spec.value);
-    pathTest = (path) => fold(path) === want;
-  } else if (spec.case === 'safeRegex') {
-    const compiled = compileRe2(spec.value.regex);
-    if (!compiled.ok) problems.push({ field: join(at, 'match.safe_regex.regex'), message: compiled.reason });
-    else {
-      const regex = caseSensitive ? compiled.regex : new RegExp(compiled.regex.source, `${compiled.regex.flags.replace('i', '')}i`);
-      pathTest = (path) => regex.test(path);
-    }
-  } else if (spec.case === undefined) {
-    problems.push({ field: join(at, 'match'), message: 'needs prefix, path or safe_regex' });
-  }
-  const headers = match.headers.map((h, k) => compileHeader(h, join(at, `match.headers[${k}]`), problems));
+  const compiledMatch = compileRouteMatch(match, join(at, 'match'), problems);
+  const prefix = compiledMatch?.prefix ?? null;
   if (route.action.case !== 'route') {
     if (route.action.case === undefined) problems.push({ field: join(at, 'route'), message: 'is required' });
     return null; // other actions were reported by onlyFields
@@ -488,17 +372,11 @@ function compileRoute(route: Route, at: string, vhostRetry: RetrySpec | undefine
   }
   const timeoutMs = durationMs(action.timeout);
   const retry = action.retryPolicy === undefined ? vhostRetry : compileRetry(action.retryPolicy, join(actionAt, 'retry_policy'), problems);
-  if (pathTest === null || headers.some((h) => h === null)) return null;
-  const test = pathTest;
-  const headerTests = headers as HeaderTest[];
+  if (compiledMatch === null) return null;
   return {
     field: at.replace(/^.*?(virtual_hosts\[)/, '$1'),
     name: route.name,
-    matches(request, path) {
-      if (!test(path, request.path)) return false;
-      for (const h of headerTests) if (!h(request)) return false;
-      return true;
-    },
+    matches: compiledMatch.matches,
     clusters: clusters.filter((c) => c.weight > 0),
     totalWeight: clusters.reduce((s, c) => s + c.weight, 0),
     ...(timeoutMs === undefined || timeoutMs === 0 ? {} : { timeoutMs }),

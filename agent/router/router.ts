@@ -6,6 +6,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { Balancer, endpointsKey } from './balancer.js';
+import type { CompiledSecret } from './downstream-tls.js';
 import type { CompiledAssignment, CompiledCluster, CompiledListener, CompiledRouteConfig, Endpoint, RetrySpec, RouteRequest, UpstreamScheme } from './compile.js';
 
 export type { RouteRequest } from './compile.js';
@@ -48,6 +49,8 @@ export interface RouterConfig {
   routeConfig: CompiledRouteConfig | null;
   clusters: ReadonlyMap<string, CompiledCluster>;
   assignments: ReadonlyMap<string, CompiledAssignment>;
+  /** SDS secrets (server certificates) the listener's downstream TLS names; absent when none were read. */
+  secrets?: ReadonlyMap<string, CompiledSecret>;
 }
 
 interface Generation {
