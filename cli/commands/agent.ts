@@ -1,7 +1,9 @@
 /**
  * `tether agent --config F`: runs the agent's tunnel side from a YAML file (see agent/options.ts;
- * `tls` holds the workload certificate and the trust bundle for the gateways' certificates).
+ * `tls` holds the workload certificate and the trust bundle for the gateways' certificates;
+ * `sovereignty` file paths, like the `tls` ones, are relative to the config file).
  */
+import { dirname, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { Agent, type AgentOptions } from '../../agent/index.js';
 import { createLogger } from '../../common/log.js';
@@ -15,11 +17,25 @@ export function registerAgentCommand(program: Command): void {
     .requiredOption('--config <file>', 'YAML config file')
     .action(async (opts: { config: string }) => {
       const { config, tls } = await loadConfig(opts.config);
+      // The customer's files (public key, mode document, state) are named relative to the config file.
+      const sovereignty = config.sovereignty;
+      if (typeof sovereignty === 'object' && sovereignty !== null && !Array.isArray(sovereignty)) {
+        const fields = { ...(sovereignty as Record<string, unknown>) };
+        for (const name of ['customerKeyFile', 'modeFile', 'stateFile']) {
+          const value = fields[name];
+          if (typeof value === 'string') fields[name] = resolve(dirname(resolve(opts.config)), value);
+        }
+        config.sovereignty = fields;
+      }
       const logger = createLogger('agent');
       const agent = new Agent({ ...(config as Omit<AgentOptions, 'tls'>), tls, logger });
       await agent.start();
       const admin = agent.adminAddress;
-      process.stdout.write(`agent dialing ${agent.config.gateways.join(', ')}${admin === null ? '' : `; admin on http://${admin.address}:${admin.port}`}\n`);
+      const adminText = admin === null ? '' : `; admin on http://${admin.address}:${admin.port}`;
+      if (agent.mode === 'sovereign') {
+        const seq = agent.modeDocument?.seq;
+        process.stdout.write(`agent in sovereign mode (${seq === undefined ? 'no valid customer-signed mode document' : `customer-signed document seq ${seq}`}): no tunnel is dialed${adminText}\n`);
+      } else process.stdout.write(`agent dialing ${agent.config.gateways.join(', ')}${adminText}\n`);
       handleSignals({ services: [agent], graceMs: agent.config.drainGraceMs, logger });
     });
 }

@@ -2,7 +2,8 @@
  * `tether sovereignty keygen|sign|verify` as real child processes (`node bin/tether.js`), and the
  * documents they make read by a real agent through `sovereignty.customerKeyFile`.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -14,6 +15,7 @@ import { importCustomerPublicKey, verifyModeDocument } from '../../agent/mode-do
 import type { ModeRefusal } from '../../agent/sovereignty.js';
 import { silentLogger } from '../../common/log.js';
 import { failOnLeaks } from '../helpers/leaks.js';
+import { createTestPki } from '../helpers/pki.js';
 import { nextEvent } from './mode-fixtures.js';
 
 failOnLeaks(test);
@@ -107,4 +109,47 @@ test('an agent pinning the CLI-made public key file takes the CLI-signed documen
   t.is((await refused)[0].code, 'MODE_REPLAYED');
   t.is(agent.mode, 'sovereign');
   t.is(agent.modeDocument?.seq, seq);
+});
+
+test('tether agent --config with sovereignty (paths relative to the file) starts sovereign: no tunnel, mode in /readyz and /metrics; SIGTERM exits 0', async (t) => {
+  const dir = await workDir(t);
+  t.is((await tether(dir, ['sovereignty', 'keygen', '--out', 'customer'])).code, 0);
+  t.is((await tether(dir, ['sovereignty', 'sign', '--key', 'customer.key', '--cluster', 'c1', '--mode', 'sovereign', '--seq', '3', '--out', 'mode.jws'])).code, 0);
+  const pki = await createTestPki();
+  const cert = await pki.agentCert({ clusterId: 'c1', agentId: 'cli' });
+  await writeFile(join(dir, 'agent.key'), cert.key);
+  await writeFile(join(dir, 'agent.crt'), cert.cert);
+  await writeFile(join(dir, 'ca.pem'), pki.trustBundlePem);
+  await writeFile(
+    join(dir, 'agent.yaml'),
+    [
+      'gateways: [127.0.0.1:9]',
+      'tls: { keyFile: agent.key, certFile: agent.crt, caFile: ca.pem }',
+      'admin: { host: 127.0.0.1, port: 0 }',
+      'drainGraceMs: 500',
+      'sovereignty: { clusterId: c1, customerKeyFile: customer.pub.pem, modeFile: mode.jws, stateFile: state.json }',
+      '',
+    ].join('\n'),
+  );
+  // Started from another folder: the relative paths are the config file's.
+  const child = spawn(process.execPath, [BIN, 'agent', '--config', join(dir, 'agent.yaml')], { cwd: tmpdir(), stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TETHER_LOG_LEVEL: 'silent' } });
+  const exited = once(child, 'exit');
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const [first] = (await Promise.race([once(child.stdout, 'data'), exited.then(() => [Buffer.from(`exited: ${stderr}`)])])) as [Buffer];
+  const line = first.toString();
+  t.regex(line, /^agent in sovereign mode \(customer-signed document seq 3\): no tunnel is dialed; admin on (http:\S+)/);
+  const admin = /admin on (http:\S+)/.exec(line)?.[1] ?? '';
+  const ready = (await (await fetch(`${admin}/readyz`, { headers: { connection: 'close' } })).json()) as Record<string, unknown>;
+  t.like(ready, { ready: true, mode: 'sovereign', modeSeq: 3, readyConnections: 0, knownGateways: [] });
+  const metrics = await (await fetch(`${admin}/metrics`, { headers: { connection: 'close' } })).text();
+  t.regex(metrics, /tether_agent_mode\{mode="sovereign"[^}]*\} 1/);
+  t.regex(metrics, /tether_agent_mode_document_seq\{[^}]*\} 3/);
+  t.like(JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')) as object, { cluster: 'c1', seq: 3 });
+  child.kill('SIGTERM');
+  const [code] = (await exited) as [number | null];
+  t.is(code, 0, stderr);
 });
