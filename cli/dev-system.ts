@@ -88,6 +88,8 @@ export interface DevSystem extends Closable {
   controlUrl: string;
   /** File holding a bearer token for the dev user (org Admin) on the control plane's API. */
   controlTokenFile: string;
+  /** The operator console on the control plane's API port; log in with the token in `controlTokenFile`. */
+  consoleUrl: string;
   /** Host to send for host-based routing. */
   clusterHost: string;
   agentAdminUrl: string;
@@ -197,6 +199,9 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
     });
     started.push(gateway); // before start(): a listener that did bind is closed when another fails
     await listenAs(gateway.start(), { ...options.listen, flag: options.listen.flag ?? 'listen' });
+    // The console reads the in-process gateway's metrics, and agents it revokes lose their tunnels here.
+    control.console?.gateways.addRegistry('dev-gateway', gateway.registry);
+    control.console?.agents?.onRevokedSerials((serials) => gateway.setRevokedSerials(serials));
 
     // The agent's identity: a projected-token stand-in exchanged for a 1 h certificate whose key
     // never leaves this process's memory.
@@ -270,6 +275,7 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
       clientToken,
       controlUrl,
       controlTokenFile,
+      consoleUrl: `${controlUrl}/console/`,
       clusterHost: `${DEV_CLUSTER}.${DEV_BASE_DOMAIN}`,
       agentAdminUrl: adminOf(agent.adminAddress),
       gatewayAdminUrl: gateway.adminUrl ?? '',

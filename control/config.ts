@@ -79,6 +79,20 @@ export const controlConfigSchema = z.object({
   /** Accept file:// input/output URIs (dev only). */
   allowFileUris: z.boolean().default(false),
   scheduler: z.object({ enabled: z.boolean().default(true), maxWaitMs: z.number().int().min(100).default(30_000) }).default({ enabled: true, maxWaitMs: 30_000 }),
+  /**
+   * The operator console under `/console/` on the JSON/HTTP API's port (control/console/). Its
+   * tunnels page reads each gateway replica's metrics from `gateways` (the control plane has no
+   * other way to know them); `tether dev` adds its in-process gateway by itself.
+   */
+  console: z
+    .object({
+      enabled: z.boolean().default(true),
+      refreshMs: z.number().int().min(250).max(60_000).default(2_000),
+      sampleMs: z.number().int().min(1_000).max(300_000).default(15_000),
+      sessionTtlMs: z.number().int().min(60_000).max(7 * 24 * 3_600_000).default(8 * 3_600_000),
+      gateways: z.array(z.object({ name: z.string().min(1).max(128), metricsUrl: z.url({ protocol: /^https?$/ }) })).default([]),
+    })
+    .default({ enabled: true, refreshMs: 2_000, sampleMs: 15_000, sessionTtlMs: 8 * 3_600_000, gateways: [] }),
 });
 
 export type ControlConfig = z.output<typeof controlConfigSchema>;

@@ -21,6 +21,8 @@ import { LIMITS } from './metadata-limits.js';
 export interface HttpApiOptions {
   /** PEM key and certificate chain: serve HTTPS. */
   tls?: { key: string; cert: string };
+  /** The operator console, answering every path under `/console` (control/console/). */
+  console?: { handles(path: string): boolean; handle(request: IncomingMessage, response: ServerResponse): Promise<void> };
 }
 
 export interface HttpApi {
@@ -57,6 +59,10 @@ export function createHttpApi(methods: Map<string, ApiMethod>, dispatch: Dispatc
     const path = (request.url ?? '/').split('?')[0] ?? '/';
     if (request.method === 'GET' && path === '/healthz') {
       response.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+      return;
+    }
+    if (options.console?.handles(path) === true) {
+      await options.console.handle(request, response);
       return;
     }
     const method = methods.get(path);

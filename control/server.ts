@@ -30,6 +30,7 @@ import type { ControlConfig } from './config.js';
 import * as pb from './gen/tether/control/v1/control_pb.js';
 import { bindGrpc, createGrpcApi } from './grpc-api.js';
 import { storeClusterIdentities } from './identity.js';
+import { OperatorConsole } from './console/index.js';
 import { createHttpApi } from './http-api.js';
 import type { HttpApi } from './http-api.js';
 import { Scheduler } from './schedules.js';
@@ -67,6 +68,8 @@ export class ControlServer implements Closable {
   readonly store: SqliteStore;
   readonly metrics: Registry;
   readonly authenticator: Authenticator;
+  /** The operator console on the JSON/HTTP port (null when HTTP or the console is off). */
+  readonly console: OperatorConsole | null;
   readonly #logger: Logger;
   readonly #grpc: GrpcServer;
   readonly #http: HttpApi | null;
@@ -80,12 +83,13 @@ export class ControlServer implements Closable {
   #httpPort = 0;
 
   private constructor(parts: {
-    service: ControlService; store: SqliteStore; metrics: Registry; authenticator: Authenticator; logger: Logger; grpc: GrpcServer; http: HttpApi | null; scheduler: Scheduler | null; keyring: Keyring; keyFile: string | undefined;
+    service: ControlService; store: SqliteStore; metrics: Registry; authenticator: Authenticator; console: OperatorConsole | null; logger: Logger; grpc: GrpcServer; http: HttpApi | null; scheduler: Scheduler | null; keyring: Keyring; keyFile: string | undefined;
   }) {
     this.service = parts.service;
     this.store = parts.store;
     this.metrics = parts.metrics;
     this.authenticator = parts.authenticator;
+    this.console = parts.console;
     this.#logger = parts.logger;
     this.#grpc = parts.grpc;
     this.#http = parts.http;
@@ -101,24 +105,42 @@ export class ControlServer implements Closable {
     const metrics = createRegistry();
     let scheduler: Scheduler | null = null;
     const service = new ControlService({ store, allowFileUris: config.allowFileUris, logger, now: options.now, onSchedulesChanged: () => scheduler?.poke() });
+    let operatorConsole: OperatorConsole | null = null;
     try {
       await service.ensureAdmins(config.org, config.bootstrapAdmins);
       const authenticator = createAuthenticator(await issuerConfigs(config));
       const ca = options.ca ?? (config.identity === undefined ? undefined : await CertificateAuthority.load(config.identity.caDir));
-      const identity =
+      if (config.http.enabled && config.console.enabled) {
+        operatorConsole = await OperatorConsole.create({
+          ...config.console,
+          service,
+          authenticator,
+          org: config.org,
+          ...(config.agents === undefined || ca === undefined ? {} : { trustDomain: ca.trustDomain }),
+          secure: config.http.tls !== undefined,
+          logger: logger.child({ component: 'console' }),
+          ...(options.now === undefined ? {} : { now: options.now }),
+        });
+      }
+      const exchange =
         ca === undefined
           ? undefined
           : createIdentityExchange({ ca, clusters: storeClusterIdentities(store), certificateTtlMs: config.identity?.certificateTtlMs, metrics, logger });
+      // The console's agent tracker sees what the exchange issues and refuses revoked agents.
+      const identity = exchange === undefined ? undefined : (operatorConsole?.agents?.wrapExchange(exchange) ?? exchange);
       const methods = apiMethods(service, { identity });
       const dispatch = createDispatch({ service, authenticator, logger, metrics });
       const grpc = createGrpcApi(methods, dispatch);
       const grpcTls = config.grpc.tls === undefined ? undefined : { cert: await readFile(config.grpc.tls.cert), key: await readFile(config.grpc.tls.key) };
       const credentials = grpcTls === undefined ? ServerCredentials.createInsecure() : ServerCredentials.createSsl(null, [{ cert_chain: grpcTls.cert, private_key: grpcTls.key }], false);
       const http = config.http.enabled
-        ? createHttpApi(methods, dispatch, config.http.tls === undefined ? {} : { tls: { cert: await readFile(config.http.tls.cert, 'utf8'), key: await readFile(config.http.tls.key, 'utf8') } })
+        ? createHttpApi(methods, dispatch, {
+            ...(config.http.tls === undefined ? {} : { tls: { cert: await readFile(config.http.tls.cert, 'utf8'), key: await readFile(config.http.tls.key, 'utf8') } }),
+            ...(operatorConsole === null ? {} : { console: operatorConsole }),
+          })
         : null;
       if (config.scheduler.enabled) scheduler = new Scheduler({ host: service, logger, maxWaitMs: config.scheduler.maxWaitMs, now: options.now });
-      const server = new ControlServer({ service, store, metrics, authenticator, logger, grpc, http, scheduler, keyring, keyFile: config.store.keyFile });
+      const server = new ControlServer({ service, store, metrics, authenticator, console: operatorConsole, logger, grpc, http, scheduler, keyring, keyFile: config.store.keyFile });
       try {
         server.#grpcPort = await bindGrpc(grpc, config.grpc.host, config.grpc.port, credentials);
         if (http !== null) server.#httpPort = await server.#listenHttp(http, config.http.host, config.http.port);
@@ -144,6 +166,7 @@ export class ControlServer implements Closable {
       logger.info({ grpcPort: server.#grpcPort, httpPort: server.#httpPort }, 'control plane listening');
       return server;
     } catch (reason) {
+      operatorConsole?.close();
       await store.close();
       throw reason;
     }
@@ -171,8 +194,14 @@ export class ControlServer implements Closable {
       logger,
     });
     const grpc = new GrpcServerClass({ 'grpc.max_receive_message_length': 1024 * 1024 });
+    const tracker = this.console?.agents ?? null;
     const implementation: UntypedServiceImplementation = {
-      connect: (stream: ServerDuplexStream<unknown, unknown>) => channel.handle(stream as ServerDuplexStream<pb.AgentMessage, pb.ControlMessage>),
+      connect: (untyped: ServerDuplexStream<unknown, unknown>) => {
+        const stream = untyped as ServerDuplexStream<pb.AgentMessage, pb.ControlMessage>;
+        // The console's tracker watches the stream (and refuses a revoked agent) before the channel takes it.
+        if (tracker === null) channel.handle(stream);
+        else tracker.admit(stream, () => channel.handle(stream));
+      },
     };
     grpc.addService(serviceDefinition(pb.AgentService), implementation);
     const credentials = ServerCredentials.createSsl(Buffer.from(ca.trustBundlePem()), [{ cert_chain: Buffer.from(cert), private_key: Buffer.from(key) }], true);
@@ -274,6 +303,7 @@ export class ControlServer implements Closable {
 
   readonly close = once(async () => {
     this.#stopTimers();
+    this.console?.close();
     await this.#scheduler?.close();
     if (this.#agents !== null) {
       this.#agents.channel.close();

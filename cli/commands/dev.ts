@@ -37,6 +37,7 @@ export function registerDevCommand(program: Command): void {
       const lines = [
         'tether dev is running: dev identity issuer, control plane, gateway, agent (cluster "demo") with executor and dataproxy, demo upstream.',
         `  control API:     ${system.controlUrl}  (token: ${system.controlTokenFile})`,
+        `  console:         ${system.consoleUrl}  (log in with the token in ${system.controlTokenFile})`,
         `  agent identity:  ${system.agentCertificate.spiffeId ?? '?'} (key in memory only, expires ${system.agentCertificate.notAfter.toISOString()})`,
         `  trust bundle:    ${system.caFile}`,
         `  client token:    ${system.clientTokenFile}`,
@@ -54,6 +55,7 @@ export function registerDevCommand(program: Command): void {
         '',
         `client-url: ${system.clientUrl}`,
         `control-url: ${system.controlUrl}`,
+        `console-url: ${system.consoleUrl}`,
         `host: ${system.clusterHost}`,
         '',
         'Ctrl-C drains and stops.',
