@@ -254,10 +254,13 @@ export class Agent implements Closable, ModeAuthority {
 
   private retire(slot: Slot, graceMs: number): void {
     this.retiring.add(slot);
-    void slot.stop(graceMs).finally(() => {
-      this.retiring.delete(slot);
-      this.changed();
-    });
+    void slot
+      .stop(graceMs)
+      .catch((reason: unknown) => this.logger.warn({ err: reason, address: slot.address }, 'stopping a tunnel connection failed'))
+      .finally(() => {
+        this.retiring.delete(slot);
+        this.changed();
+      });
   }
 
   get registry(): Registry {
