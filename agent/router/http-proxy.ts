@@ -11,7 +11,7 @@ import * as https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { getErrorCode } from '../../common/errors.js';
 import type { Closable } from '../../common/lifecycle.js';
-import type { RouteDecision, Router } from './router.js';
+import type { RouteDecision, RouteFailure, Router } from './router.js';
 
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'host', 'http2-settings']);
 
@@ -58,18 +58,25 @@ export class RouterProxy implements Closable {
     const resolution = this.#router.resolve({ method: req.method ?? 'GET', path: req.url ?? '/', authority: req.headers.host ?? '', headers });
     if (!resolution.ok) {
       this.counts.error++;
-      res.writeHead(resolution.reason === 'NO_ROUTE' ? 404 : 503, { 'tether-error': resolution.reason, 'content-type': 'text/plain' });
-      res.end(`${resolution.reason}: ${resolution.message}\n`);
+      answerError(res, routeFailureStatus(resolution.reason), resolution.reason, resolution.message);
       return;
     }
-    const decision = resolution.decision;
+    await this.forward(req, res, resolution.decision);
+  }
+
+  /**
+   * Forward a request the router decided on (its body buffered up to `maxBodyBytes` so a retry can
+   * replay it) and answer the client: the upstream's response, or 504 `UPSTREAM_TIMEOUT` / 503
+   * `UPSTREAM_ERROR`. The request's headers go upstream as they are now, minus hop-by-hop ones.
+   */
+  async forward(req: http.IncomingMessage, res: http.ServerResponse, decision: RouteDecision): Promise<void> {
     const chunks: Buffer[] = [];
     let size = 0;
     for await (const chunk of req) {
       size += (chunk as Buffer).length;
       if (size > this.#maxBody) {
         this.counts.error++;
-        res.writeHead(413).end();
+        answerError(res, 413, 'REQUEST_BODY_TOO_LARGE', `request body over ${this.#maxBody} bytes`);
         return;
       }
       chunks.push(chunk as Buffer);
@@ -105,8 +112,7 @@ export class RouterProxy implements Closable {
       return;
     }
     const timeout = last.condition === 'timeout';
-    res.writeHead(timeout ? 504 : 503, { 'tether-error': timeout ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_ERROR', 'content-type': 'text/plain' });
-    res.end(`${last.condition}: ${last.message}\n`);
+    answerError(res, timeout ? 504 : 503, timeout ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_ERROR', `${last.condition}: ${last.message}`);
   }
 
   #try(upstream: URL, decision: RouteDecision, req: http.IncomingMessage, body: Buffer, timeoutMs: number): Promise<TryOutcome> {
@@ -207,6 +213,23 @@ export class RouterProxy implements Closable {
     for (const session of this.#h2.values()) session.destroy();
     this.#h2.clear();
   }
+}
+
+/**
+ * Answer a request this proxy (or a front using it) refuses or fails: `status`, a `tether-error`
+ * header with the code (set with setHeader, so the caller's access log can read it back), and
+ * `<code>: <message>` as the body.
+ */
+export function answerError(res: http.ServerResponse, status: number, code: string, message: string): void {
+  res.setHeader('tether-error', code);
+  res.setHeader('content-type', 'text/plain');
+  res.writeHead(status);
+  res.end(`${code}: ${message}\n`);
+}
+
+/** The status a request gets when the router has no decision: 404 without a route, else 503. */
+export function routeFailureStatus(reason: RouteFailure): number {
+  return reason === 'NO_ROUTE' ? 404 : 503;
 }
 
 /** Whether a failed or 5xx try is retried under `on`. */
