@@ -4,7 +4,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -42,24 +42,30 @@ async function workDir(t: ExecutionContext): Promise<string> {
   return dir;
 }
 
-test('keygen, sign and verify: the customer signs, the agent side verifies; a wrong key, another cluster or a tampered file exit 1 with their codes', async (t) => {
+test.serial('keygen, sign and verify: the customer signs, the agent side verifies; a wrong key, another cluster or a tampered file exit 1 with their codes', async (t) => {
   const dir = await workDir(t);
   const keygen = await tether(dir, ['sovereignty', 'keygen', '--out', 'customer']);
   t.is(keygen.code, 0, keygen.stderr);
   t.regex(keygen.stdout, /key thumbprint \(RFC 7638, SHA-256\): [A-Za-z0-9_-]{43}/);
   t.is((await stat(join(dir, 'customer.key'))).mode & 0o777, 0o600);
-  t.is((await tether(dir, ['sovereignty', 'keygen', '--out', 'customer'])).stderr.trim(), 'tether: FILE_EXISTS: customer.key exists; pass --force to overwrite');
-  const other = await tether(dir, ['sovereignty', 'keygen', '--out', 'other', '--algorithm', 'p-256']);
+  const [again, other, sign] = await Promise.all([
+    tether(dir, ['sovereignty', 'keygen', '--out', 'customer']),
+    tether(dir, ['sovereignty', 'keygen', '--out', 'other', '--algorithm', 'p-256']),
+    tether(dir, ['sovereignty', 'sign', '--key', 'customer.key', '--cluster', 'c1', '--mode', 'sovereign', '--seq', '41', '--out', 'mode.jws']),
+  ]);
+  t.is(again.stderr.trim(), 'tether: FILE_EXISTS: customer.key exists; pass --force to overwrite');
   t.is(other.code, 0, other.stderr);
-
-  const sign = await tether(dir, ['sovereignty', 'sign', '--key', 'customer.key', '--cluster', 'c1', '--mode', 'sovereign', '--seq', '41', '--out', 'mode.jws']);
   t.is(sign.code, 0, sign.stderr);
   t.regex(sign.stdout, /^signed mode\.jws: cluster c1, mode sovereign, seq 41, issued /);
   const document = await verifyModeDocument(await readFile(join(dir, 'mode.jws'), 'utf8'), importCustomerPublicKey(await readFile(join(dir, 'customer.pub.pem'), 'utf8')), 'c1');
   t.like(document, { cluster: 'c1', mode: 'sovereign', seq: 41, alg: 'EdDSA' });
 
-  const verify = await tether(dir, ['sovereignty', 'verify', '--public-key', 'customer.pub.pem', '--file', 'mode.jws', '--cluster', 'c1']);
+  const [verify, signP256] = await Promise.all([
+    tether(dir, ['sovereignty', 'verify', '--public-key', 'customer.pub.pem', '--file', 'mode.jws', '--cluster', 'c1']),
+    tether(dir, ['sovereignty', 'sign', '--key', 'other.key', '--cluster', 'c1', '--mode', 'tunnel', '--out', 'p256.jws']),
+  ]);
   t.is(verify.code, 0, verify.stderr);
+  t.is(signP256.code, 0, signP256.stderr);
   t.regex(verify.stdout, /^valid: cluster c1, mode sovereign, seq 41, issued .*, alg EdDSA$/m);
 
   const refusal = async (args: string[]): Promise<string> => {
@@ -71,6 +77,8 @@ test('keygen, sign and verify: the customer signs, the agent side verifies; a wr
   const tunnelPayload = Buffer.from(JSON.stringify({ v: 1, cluster: 'c1', mode: 'tunnel', seq: 42, iat: 1 })).toString('base64url');
   await writeFile(join(dir, 'tampered.jws'), `${header}.${tunnelPayload}.${signature}\n`);
   await writeFile(join(dir, 'unsigned.json'), JSON.stringify({ v: 1, cluster: 'c1', mode: 'tunnel', seq: 42, iat: 1 }));
+  // P-256 signs with ES256.
+  const verifyP256 = tether(dir, ['sovereignty', 'verify', '--public-key', 'other.pub.pem', '--file', 'p256.jws']);
   const codes = await Promise.all([
     refusal(['sovereignty', 'verify', '--public-key', 'other.pub.pem', '--file', 'mode.jws']),
     refusal(['sovereignty', 'verify', '--public-key', 'customer.pub.pem', '--file', 'mode.jws', '--cluster', 'c2']),
@@ -81,12 +89,10 @@ test('keygen, sign and verify: the customer signs, the agent side verifies; a wr
   ]);
   t.deepEqual(codes, ['MODE_BAD_SIGNATURE', 'MODE_WRONG_CLUSTER', 'MODE_BAD_SIGNATURE', 'MODE_UNSIGNED', 'MODE_KEY_INVALID', 'MODE_KEY_INVALID']);
 
-  // P-256 signs with ES256.
-  t.is((await tether(dir, ['sovereignty', 'sign', '--key', 'other.key', '--cluster', 'c1', '--mode', 'tunnel', '--out', 'p256.jws'])).code, 0);
-  t.regex((await tether(dir, ['sovereignty', 'verify', '--public-key', 'other.pub.pem', '--file', 'p256.jws'])).stdout, /alg ES256/);
+  t.regex((await verifyP256).stdout, /alg ES256/);
 });
 
-test('an agent pinning the CLI-made public key file takes the CLI-signed document and refuses an older one', async (t) => {
+test.serial('an agent pinning the CLI-made public key file takes the CLI-signed document and refuses an older one', async (t) => {
   const dir = await workDir(t);
   t.is((await tether(dir, ['sovereignty', 'keygen', '--out', 'customer'])).code, 0);
   t.is((await tether(dir, ['sovereignty', 'sign', '--key', 'customer.key', '--cluster', 'c1', '--mode', 'sovereign', '--out', 'mode.jws'])).code, 0);
@@ -103,15 +109,17 @@ test('an agent pinning the CLI-made public key file takes the CLI-signed documen
   t.true(seq > 1_600_000_000_000, 'the default seq is the signing time in ms');
   t.deepEqual(agent.readiness().details?.knownGateways, []);
 
+  // Signed beside the watched file, then moved in once the test listens (a child process may take seconds here).
+  t.is((await tether(dir, ['sovereignty', 'sign', '--key', 'customer.key', '--cluster', 'c1', '--mode', 'tunnel', '--seq', '5', '--out', 'older.jws'])).code, 0);
   const refused = nextEvent<[ModeRefusal]>(agent.events, 'modeRefused');
-  t.is((await tether(dir, ['sovereignty', 'sign', '--key', 'customer.key', '--cluster', 'c1', '--mode', 'tunnel', '--seq', '5', '--out', 'mode.jws'])).code, 0);
+  await rename(join(dir, 'older.jws'), join(dir, 'mode.jws'));
   await agent.reloadMode();
   t.is((await refused)[0].code, 'MODE_REPLAYED');
   t.is(agent.mode, 'sovereign');
   t.is(agent.modeDocument?.seq, seq);
 });
 
-test('tether agent --config with sovereignty (paths relative to the file) starts sovereign: no tunnel, mode in /readyz and /metrics; SIGTERM exits 0', async (t) => {
+test.serial('tether agent --config with sovereignty (paths relative to the file) starts sovereign: no tunnel, mode in /readyz and /metrics; SIGTERM exits 0', async (t) => {
   const dir = await workDir(t);
   t.is((await tether(dir, ['sovereignty', 'keygen', '--out', 'customer'])).code, 0);
   t.is((await tether(dir, ['sovereignty', 'sign', '--key', 'customer.key', '--cluster', 'c1', '--mode', 'sovereign', '--seq', '3', '--out', 'mode.jws'])).code, 0);
