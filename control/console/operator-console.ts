@@ -103,6 +103,15 @@ async function readBody(request: IncomingMessage, limit: number): Promise<string
   return Buffer.concat(chunks).toString('utf8');
 }
 
+/** A percent-encoded path segment, decoded; a malformed one names no page (404, not a server error). */
+function decodeSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new TetherError(ConsoleErrorCode.NOT_FOUND, 'malformed percent-encoding in the path');
+  }
+}
+
 function statusOf(error: TetherError): number {
   return consoleStatusFor(error.code) ?? httpStatusFor(error.code);
 }
@@ -184,7 +193,7 @@ export class OperatorConsole {
       if (method !== 'POST') return this.#methodNotAllowed(response, 'POST');
       if (session === undefined) throw new TetherError(ConsoleErrorCode.NO_SESSION, 'no console session: log in at /console/login');
       this.#checkCsrf(request, session, request.headers[CSRF_HEADER]);
-      return this.#action(request, response, session, decodeURIComponent(path.slice('/console/actions/'.length)));
+      return this.#action(request, response, session, decodeSegment(path.slice('/console/actions/'.length)));
     }
     if (method !== 'GET' && method !== 'HEAD') return this.#methodNotAllowed(response, 'GET');
     const fragment = request.headers[FRAGMENT_HEADER] === '1';
@@ -199,7 +208,7 @@ export class OperatorConsole {
     const context = this.#context(session, url);
     if (name === 'runs' && segments.length === 2 && segments[1] !== '') {
       page = 'runs';
-      rendered = await runPage(context, decodeURIComponent(segments[1] ?? ''));
+      rendered = await runPage(context, decodeSegment(segments[1] ?? ''));
     } else if (segments.length === 1 && isPageName(name)) {
       page = name;
       rendered = await PAGE_RENDERERS[name](context);

@@ -185,6 +185,7 @@ test.serial('every console response carries the CSP with frame-ancestors none an
     ['script', await call('/console/static/console.js')],
     ['stylesheet', await call('/console/static/console.css')],
     ['unknown page', await call('/console/nothing-here', { headers: { cookie: session.cookie } })],
+    ['malformed path', await call('/console/runs/%E0%A4', { headers: { cookie: session.cookie } })],
     ['action refused', await call('/console/actions/abort-run', { method: 'POST', headers: { cookie: session.cookie } })],
     ['wrong method', await call('/console/actions/abort-run', { headers: { cookie: session.cookie } })],
   ];
@@ -199,6 +200,7 @@ test.serial('every console response carries the CSP with frame-ancestors none an
     script: 200,
     stylesheet: 200,
     'unknown page': 404,
+    'malformed path': 404,
     'action refused': 403,
     'wrong method': 405,
   });
@@ -211,6 +213,8 @@ test.serial('every console response carries the CSP with frame-ancestors none an
   t.notRegex(tags, /<[^>]*\sstyle\s*=/i, 'no style attribute');
   t.true((page?.text ?? '').includes('run-&lt;img src=x onerror=&quot;window.pwned=&#39;yes&#39;&quot;&gt;'), 'the seeded run id, escaped');
   t.is(answers.find(([what]) => what === 'script')?.[1].headers.get('content-type'), 'text/javascript; charset=utf-8');
+  const tunnels = await call('/console/tunnels', { headers: { cookie: session.cookie, 'x-tether-fragment': '1' } });
+  t.regex(tunnels.text, /data-gateways="not-configured"[^]*not configured/, 'no gateway metrics source: the tunnels page says so');
 });
 
 test.serial('the session cookie is HttpOnly, SameSite=Strict, scoped to /console and is not the token; logout needs the CSRF token and ends the session', async (t) => {
