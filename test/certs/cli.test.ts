@@ -80,7 +80,8 @@ test('init, issue (workload and server), verify, inspect and export-p12 work end
   t.is(inspect.code, 0, inspect.stderr);
   t.regex(inspect.stdout, /URI: +spiffe:\/\/cli\.test\/cluster\/c9\/agent\/edge-1/);
   t.regex(inspect.stdout, /Role: +CA \(pathLen 0\)/);
-  t.regex(inspect.stdout, /Status: +valid, expires in 60m/);
+  // Issued for 1 h; on a loaded machine the inspect may run more than a minute after issuing.
+  t.regex(inspect.stdout, /Status: +valid, expires in (59|60)m/);
   t.is(p12.code, 0, p12.stderr);
   t.is(await mode(join(dir, 'gw.p12')), 0o600);
   t.true((await stat(join(dir, 'gw.p12'))).size > 500);
