@@ -71,11 +71,24 @@ export async function logIn(context: BrowserContext, consoleUrl: string, token: 
   return page;
 }
 
+/**
+ * A full-page screenshot. Chromium may measure a page that is not the focused tab (several
+ * contexts in one browser) as 0 pixels wide: bring it to the front and let it paint a frame, and
+ * try again (at most three times) when it still does.
+ */
 export async function screenshot(page: Page, name: string): Promise<string> {
   await mkdir(SCREENSHOTS, { recursive: true });
   const path = join(SCREENSHOTS, `${name}.png`);
-  await page.screenshot({ path, fullPage: true });
-  return path;
+  for (let attempt = 1; ; attempt += 1) {
+    await page.bringToFront();
+    await page.evaluate('new Promise((resolve) => requestAnimationFrame(() => resolve(null)))');
+    try {
+      await page.screenshot({ path, fullPage: true });
+      return path;
+    } catch (reason) {
+      if (attempt >= 3 || !(reason instanceof Error) || !reason.message.includes('0 width')) throw reason;
+    }
+  }
 }
 
 /** `expression` evaluated in the page (the tests type-check without the DOM library). */
