@@ -84,7 +84,7 @@ export class FrontDoor {
             untrack: (connection) => bindings.delete(connection),
           }
         : null;
-    this.h1.on('request', (req, res) => {
+    const onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => {
       // A request that reaches a draining gateway on an open connection is served (its tunnels
       // stay up while client connections are open), and its connection closes after the response.
       if (this.draining) res.setHeader('connection', 'close');
@@ -92,7 +92,11 @@ export class FrontDoor {
       deadlines.requestStarted(socket);
       res.once('finish', () => deadlines.requestFinished(socket));
       proxy.handleHttp1(req, res);
-    });
+    };
+    this.h1.on('request', onRequest);
+    // An Expect other than 100-continue goes to the upstream, which decides (as on a bound
+    // connection); Node would answer it 417 itself, without a tether-error code.
+    this.h1.on('checkExpectation', onRequest);
     this.h1.on('upgrade', (req, socket: Socket, head: Buffer) => {
       deadlines.forget(socket);
       proxy.handleHttp1Upgrade(req, socket, head);

@@ -21,7 +21,7 @@ import * as net from 'node:net';
 import { failOnLeaks } from '../helpers/leaks.js';
 import { closeH2, connectH2, h2Request, plainH1Request } from '../helpers/tunnel-clients.js';
 import { startTunnelEnv, type TunnelEnv } from '../helpers/tunnel-env.js';
-import { startHttp1Upstream, type Upstream } from '../helpers/tunnel-upstreams.js';
+import type { Upstream } from '../helpers/tunnel-upstreams.js';
 
 failOnLeaks(test);
 
@@ -36,6 +36,61 @@ const tcpSockets = new Set<net.Socket>();
 let wsServer: http.Server;
 let wsUpgrades = 0;
 const wsSockets = new Set<net.Socket>();
+
+/**
+ * The HTTP/1.1 upstream: `hello` to every request, and `expected <value>` to a request whose
+ * Expect it was asked to judge (Node answers those 417 itself unless told otherwise).
+ */
+async function startUpstream(): Promise<Upstream> {
+  const seen: http.IncomingHttpHeaders[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = http.createServer((req, res) => {
+    seen.push(req.headers);
+    req.resume();
+    res.end('hello');
+  });
+  server.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    seen.push(req.headers);
+    req.resume();
+    res.end(`expected ${String(req.headers.expect)}`);
+  });
+  server.on('connection', (socket: net.Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    seen,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** One exchange on a fresh cleartext connection: `bytes` out, everything until the gateway closes (after our FIN) back. */
+async function exchange(bytes: string): Promise<string> {
+  const plain = new URL(env.gateway.plainUrl ?? '');
+  const socket = net.connect(Number(plain.port), plain.hostname);
+  socket.on('error', () => undefined);
+  let received = '';
+  socket.on('data', (chunk: Buffer) => {
+    received += chunk.toString('latin1');
+    // One complete answer (every answer here has a Content-Length or ends the connection): done.
+    const end = received.indexOf('\r\n\r\n');
+    const length = /\r\ncontent-length: *(\d+)/i.exec(received.slice(0, end));
+    if (end !== -1 && length !== null && received.length >= end + 4 + Number(length[1])) socket.end();
+  });
+  const timer = setTimeout(() => socket.destroy(new Error(`no answer within ${WAIT_MS} ms`)), WAIT_MS);
+  socket.write(bytes);
+  await new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  clearTimeout(timer);
+  return received;
+}
 
 /** The admission gate: closed while `held` is pending; `calls` counts authorizer calls. */
 const gate = {
@@ -55,7 +110,7 @@ function closeGate(): Promise<void> {
 }
 
 test.before(async () => {
-  upstream = await startHttp1Upstream();
+  upstream = await startUpstream();
   tcpServer = net.createServer((socket) => {
     tcpConnections++;
     tcpSockets.add(socket);
@@ -204,4 +259,13 @@ test.serial('CONNECT: a client gone during admission gets no tunnel stream', asy
   await followUp(t, token);
   await tunnelStreamsClosed();
   t.is(tcpConnections, 0);
+});
+
+test.serial('an Expect other than 100-continue reaches the upstream, which decides (Node answered 417 without a code)', async (t) => {
+  const token = await env.token(['c1'], 'alice');
+  const seenBefore = upstream.seen.length;
+  const answer = await exchange(`GET /expect HTTP/1.1\r\nhost: c1.tether.localhost\r\nauthorization: Bearer ${token}\r\nexpect: something-else\r\n\r\n`);
+  t.regex(answer, /^HTTP\/1\.1 200 /);
+  t.true(answer.endsWith('expected something-else'), answer);
+  t.is(upstream.seen.length, seenBefore + 1);
 });
