@@ -66,7 +66,8 @@ export class FrontDoor {
     bindings: Bindings,
   ) {
     const limits = config.limits;
-    this.h1 = http.createServer({ maxHeaderSize: limits.maxClientHeaderBytes, requestTimeout: 0, headersTimeout: config.clientHeadersTimeoutMs, keepAliveTimeout: config.clientKeepAliveTimeoutMs });
+    // requireHostHeader: the Host check is ours (hostProblem), answered with a tether-error code.
+    this.h1 = http.createServer({ maxHeaderSize: limits.maxClientHeaderBytes, requestTimeout: 0, headersTimeout: config.clientHeadersTimeoutMs, keepAliveTimeout: config.clientKeepAliveTimeoutMs, requireHostHeader: false });
     this.headerDeadlines = new HeaderDeadlines(config.clientHeadersTimeoutMs, (socket) => this.headersTimedOut(socket));
     const deadlines = this.headerDeadlines;
     this.binding =
@@ -91,6 +92,14 @@ export class FrontDoor {
       const socket = req.socket;
       deadlines.requestStarted(socket);
       res.once('finish', () => deadlines.requestFinished(socket));
+      const problem = hostProblem(req);
+      if (problem !== null) {
+        this.metrics.errors.inc({ code: 'BAD_REQUEST' });
+        const body = `BAD_REQUEST: ${problem}\n`;
+        res.writeHead(400, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), [H_ERROR]: 'BAD_REQUEST', connection: 'close' });
+        res.end(body);
+        return;
+      }
       proxy.handleHttp1(req, res);
     };
     this.h1.on('request', onRequest);
@@ -99,11 +108,15 @@ export class FrontDoor {
     this.h1.on('checkExpectation', onRequest);
     this.h1.on('upgrade', (req, socket: Socket, head: Buffer) => {
       deadlines.forget(socket);
-      proxy.handleHttp1Upgrade(req, socket, head);
+      const problem = hostProblem(req);
+      if (problem !== null) this.endWithError(socket, 'BAD_REQUEST', problem);
+      else proxy.handleHttp1Upgrade(req, socket, head);
     });
     this.h1.on('connect', (req, socket: Socket, head: Buffer) => {
       deadlines.forget(socket);
-      proxy.handleHttp1Connect(req, socket, head);
+      const problem = hostProblem(req);
+      if (problem !== null) this.endWithError(socket, 'BAD_REQUEST', problem);
+      else proxy.handleHttp1Connect(req, socket, head);
     });
     this.h1.on('clientError', (error: Error & { code?: string }, socket: Socket) => this.clientError(error, socket));
 
@@ -346,6 +359,18 @@ export class FrontDoor {
   get socketCount(): number {
     return this.sockets.size;
   }
+}
+
+/**
+ * An HTTP/1.1 request needs exactly one Host field, an HTTP/1.0 one at most one (RFC 9112 §3.2);
+ * what is wrong, or null. Node would answer a missing one 400 itself, without a tether-error code,
+ * and keeps only the first of several.
+ */
+function hostProblem(req: http.IncomingMessage): string | null {
+  const hosts = req.headersDistinct.host?.length ?? 0;
+  if (hosts > 1) return 'more than one Host field';
+  if (hosts === 0 && req.httpVersionMajor === 1 && req.httpVersionMinor === 1) return 'an HTTP/1.1 request without a Host field';
+  return null;
 }
 
 function listenOn(server: net.Server, host: string, port: number): Promise<AddressInfo> {

@@ -138,6 +138,11 @@ export function parseRequestHead(buffer: Buffer, start: number, end: number): Re
   if (version !== 'HTTP/1.1' && version !== 'HTTP/1.0') return { code: 'BAD_REQUEST', message: `unsupported version ${JSON.stringify(version)}` };
   if (lengths.te && lengths.length !== null) return { code: 'BAD_REQUEST', message: 'both content-length and transfer-encoding' };
   if (lengths.te && !lengths.chunked) return { code: 'BAD_REQUEST', message: 'transfer-encoding other than chunked' };
+  // Exactly one Host in HTTP/1.1, at most one in HTTP/1.0 (RFC 9112 §3.2): the upstream must not
+  // pick its own among several, nor answer a missing one itself.
+  let hosts = 0;
+  for (const name of names) if (name === 'host') hosts++;
+  if (hosts > 1 || (hosts === 0 && version === 'HTTP/1.1')) return { code: 'BAD_REQUEST', message: hosts > 1 ? 'more than one Host field' : 'an HTTP/1.1 request without a Host field' };
   const framing: BodyFraming = lengths.chunked ? { kind: 'chunked' } : lengths.length !== null && lengths.length > 0 ? { kind: 'length', length: lengths.length } : { kind: 'none' };
   return { method, target, minor: version === 'HTTP/1.1' ? 1 : 0, names, values, framing };
 }

@@ -269,3 +269,27 @@ test.serial('an Expect other than 100-continue reaches the upstream, which decid
   t.true(answer.endsWith('expected something-else'), answer);
   t.is(upstream.seen.length, seenBefore + 1);
 });
+
+test.serial('an HTTP/1.1 request without a Host field, or with two, is answered 400 BAD_REQUEST by the gateway (Node answered without a code; binding passed it on)', async (t) => {
+  const token = await env.token(['c1'], 'alice');
+  const seenBefore = upstream.seen.length;
+  const counted = async (): Promise<number> => {
+    const metric = env.gateway.registry.getSingleMetric('tether_gateway_request_errors_total');
+    const values = metric === undefined ? [] : (await metric.get()).values;
+    return values.filter((v) => v.labels.code === 'BAD_REQUEST').reduce((n, v) => n + v.value, 0);
+  };
+  const before = await counted();
+  const heads = [
+    `GET /no-host HTTP/1.1\r\ntether-cluster: c1\r\nauthorization: Bearer ${token}\r\n\r\n`,
+    `GET /two-hosts HTTP/1.1\r\nhost: c1.tether.localhost\r\nhost: c2.tether.localhost\r\nauthorization: Bearer ${token}\r\n\r\n`,
+    `GET /ws HTTP/1.1\r\ntether-cluster: c1\r\nauthorization: Bearer ${token}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n`,
+  ];
+  for (const head of heads) {
+    const answer = await exchange(head);
+    t.regex(answer, /^HTTP\/1\.1 400 /, head.split('\r\n')[0]);
+    t.regex(answer, /\r\ntether-error: BAD_REQUEST\r\n/i, head.split('\r\n')[0]);
+  }
+  t.is(upstream.seen.length, seenBefore, 'nothing reached the upstream');
+  t.is(wsUpgrades, 0);
+  t.is((await counted()) - before, heads.length);
+});
