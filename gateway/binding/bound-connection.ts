@@ -81,6 +81,8 @@ export class BoundConnection {
   private pending: Pending | null = null;
   /** Close the connection once the response in flight is complete (drain, expiry). */
   private closeAfterResponse = false;
+  /** A forwarded request carried the client's own `connection: close`: it may send no more. */
+  private clientClosing = false;
   private done = false;
   private authorizedAt = 0;
   /** Identity expiry in ms (the token's `exp`); the binding ends at it. */
@@ -174,6 +176,10 @@ export class BoundConnection {
       else void this.bindFirst(head);
       return null;
     }
+    // After the client's own `connection: close` it may send no further request (RFC 9112 §9.6),
+    // and the upstream, told to close, must not get one: it is held, and the connection ends once
+    // the response in flight is complete.
+    if (this.clientClosing) return this.holdUntilIdle({ kind: 'refuse', code: 'BAD_REQUEST', message: 'a request after connection: close' });
     if (isHeadError(head)) {
       // Refused once the response before it is complete (the connection then closes).
       return this.holdUntilIdle({ kind: 'refuse', code: head.code, message: head.message });
@@ -210,7 +216,7 @@ export class BoundConnection {
       const name = names[i] as string;
       if (name.startsWith(HEADER_PREFIX)) tether = true;
       else if (name === 'authorization') credential = dropCredential;
-      else if (name === 'connection' && CLOSE_TOKEN.test(values[i] as string)) close = true;
+      else if (name === 'connection' && CLOSE_TOKEN.test(values[i] as string)) close = this.clientClosing = true;
     }
     const requestId = `tether-request-id: ${randomUUID()}\r\n\r\n`;
     let bytes: Buffer;

@@ -14,6 +14,7 @@
  * saw it, and every tunnel stream closes. Runs in both binding modes (`TETHER_TEST_BINDING`).
  */
 import test, { type ExecutionContext } from 'ava';
+import { TEST_BINDING } from '../helpers/tunnel-env.js';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import * as http from 'node:http';
 import * as http2 from 'node:http2';
@@ -29,6 +30,12 @@ const WAIT_MS = 5_000;
 
 let env: TunnelEnv;
 let upstream: Upstream;
+/** Request-targets the upstream received, in order. */
+const upstreamPaths: string[] = [];
+/** A lenient upstream that records every byte and answers each head, whatever its Connection says. */
+let rawServer: net.Server;
+let rawReceived = '';
+const rawSockets = new Set<net.Socket>();
 let tcpServer: net.Server;
 let tcpTarget = '';
 let tcpConnections = 0;
@@ -46,6 +53,7 @@ async function startUpstream(): Promise<Upstream> {
   const sockets = new Set<net.Socket>();
   const server = http.createServer((req, res) => {
     seen.push(req.headers);
+    upstreamPaths.push(req.url ?? '');
     req.resume();
     res.end('hello');
   });
@@ -111,6 +119,22 @@ function closeGate(): Promise<void> {
 
 test.before(async () => {
   upstream = await startUpstream();
+  rawServer = net.createServer((socket) => {
+    rawSockets.add(socket);
+    socket.once('close', () => rawSockets.delete(socket));
+    socket.on('error', () => undefined);
+    let pending = '';
+    socket.on('data', (chunk: Buffer) => {
+      rawReceived += chunk.toString('latin1');
+      pending += chunk.toString('latin1');
+      for (let end = pending.indexOf('\r\n\r\n'); end !== -1; end = pending.indexOf('\r\n\r\n')) {
+        pending = pending.slice(end + 4);
+        socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
+      }
+    });
+  });
+  await new Promise<void>((resolve) => rawServer.listen(0, '127.0.0.1', resolve));
+  const rawPort = (rawServer.address() as net.AddressInfo).port;
   tcpServer = net.createServer((socket) => {
     tcpConnections++;
     tcpSockets.add(socket);
@@ -145,6 +169,7 @@ test.before(async () => {
         clusterId: 'c1',
         routes: [
           { prefix: '/ws', upstream: `http://127.0.0.1:${wsPort}` },
+          { prefix: '/raw/', upstream: `http://127.0.0.1:${rawPort}` },
           { prefix: '/', upstream: upstream.url },
         ],
         tcpTargets: [tcpTarget],
@@ -156,7 +181,8 @@ test.before(async () => {
 test.after.always(async () => {
   await env?.close();
   await upstream?.close();
-  for (const socket of [...wsSockets, ...tcpSockets]) socket.destroy();
+  for (const socket of [...wsSockets, ...tcpSockets, ...rawSockets]) socket.destroy();
+  await new Promise<void>((resolve) => (rawServer === undefined ? resolve() : rawServer.close(() => resolve())));
   await new Promise<void>((resolve) => (wsServer === undefined ? resolve() : wsServer.close(() => resolve())));
   await new Promise<void>((resolve) => (tcpServer === undefined ? resolve() : tcpServer.close(() => resolve())));
 });
@@ -292,4 +318,28 @@ test.serial('an HTTP/1.1 request without a Host field, or with two, is answered 
   t.is(upstream.seen.length, seenBefore, 'nothing reached the upstream');
   t.is(wsUpgrades, 0);
   t.is((await counted()) - before, heads.length);
+});
+
+test.serial('a request pipelined after the client\'s connection: close never reaches the upstream (binding passed it on)', async (t) => {
+  const token = await env.token(['c1'], 'alice');
+  const head = (path: string, extra = ''): string => `GET ${path} HTTP/1.1\r\nhost: c1.tether.localhost\r\nauthorization: Bearer ${token}\r\n${extra}\r\n`;
+  const plain = new URL(env.gateway.plainUrl ?? '');
+  const socket = net.connect(Number(plain.port), plain.hostname);
+  socket.on('error', () => undefined);
+  let received = '';
+  socket.on('data', (chunk: Buffer) => {
+    received += chunk.toString('latin1');
+  });
+  const timer = setTimeout(() => socket.destroy(new Error(`not closed within ${WAIT_MS} ms`)), WAIT_MS);
+  socket.write(head('/raw/closing', 'connection: close\r\n') + head('/raw/after-close'));
+  await new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  clearTimeout(timer);
+  // The client's connection is closed: by now the gateway has forwarded all it ever will.
+  t.false(rawReceived.includes('/after-close'), 'the upstream got the request after connection: close');
+  // Binding answers the first request and closes; per request, Node refuses the connection (400).
+  if (TEST_BINDING === 'connection') {
+    t.true(rawReceived.includes('GET /raw/closing '));
+    t.regex(received, /^HTTP\/1\.1 200 /);
+    t.is(received.match(/HTTP\/1\.1 /g)?.length, 1, received);
+  } else t.regex(received, /^HTTP\/1\.1 (200|400) /);
 });
