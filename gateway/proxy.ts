@@ -365,6 +365,15 @@ export class ClientProxy {
       onGone: (callback) =>
         res.once('close', () => {
           if (!res.writableFinished) callback();
+          else if (!req.complete) {
+            // The upstream answered before the body was complete. If the client leaves before
+            // sending the rest, the tunnel stream must go too: its request side would never end
+            // (Node no longer tells this request that its connection closed).
+            const socket = req.socket;
+            if (socket.destroyed) return callback();
+            socket.once('close', callback);
+            req.once('end', () => socket.off('close', callback));
+          }
         }),
     };
     const target = requestTarget(req.url ?? '/', headers.host);

@@ -343,3 +343,24 @@ test.serial('a request pipelined after the client\'s connection: close never rea
     t.is(received.match(/HTTP\/1\.1 /g)?.length, 1, received);
   } else t.regex(received, /^HTTP\/1\.1 (200|400) /);
 });
+
+test.serial('a client that leaves after an early answer, its request body unfinished, leaves no tunnel stream open', async (t) => {
+  const token = await env.token(['c1'], 'alice');
+  const plain = new URL(env.gateway.plainUrl ?? '');
+  const socket = net.connect(Number(plain.port), plain.hostname);
+  socket.on('error', () => undefined);
+  let received = '';
+  const answered = new Promise<void>((resolve) => {
+    socket.on('data', (chunk: Buffer) => {
+      received += chunk.toString('latin1');
+      // The upstream answers `hello` at once, without reading the body.
+      if (received.endsWith('hello')) resolve();
+    });
+  });
+  socket.write(`POST /early HTTP/1.1\r\nhost: c1.tether.localhost\r\nauthorization: Bearer ${token}\r\ncontent-length: 100\r\n\r\n0123456789`);
+  await answered;
+  t.regex(received, /^HTTP\/1\.1 200 /);
+  socket.destroy();
+  await tunnelStreamsClosed();
+  t.pass();
+});
