@@ -20,5 +20,5 @@ export { StreamRouting, ROUTER_ERROR } from './stream-routing.js';
 export type { StreamRoute, StreamRouteResult } from './stream-routing.js';
 export { RouterProxy, answerError, routeFailureStatus } from './http-proxy.js';
 export type { ProxyOptions } from './http-proxy.js';
-export { AgentXds } from './agent-xds.js';
-export type { AgentXdsOptions } from './agent-xds.js';
+export { AgentXds, agentSnapshot } from './agent-xds.js';
+export type { AgentXdsOptions, AgentSovereignOptions } from './agent-xds.js';

@@ -138,6 +138,8 @@ interface SovereignMetrics {
   requests: Counter<'code'>;
 }
 
+const SOVEREIGN_METRICS = ['tether_sovereign_connections_total', 'tether_sovereign_connections_open', 'tether_sovereign_requests_total'] as const;
+
 function createMetrics(registry: Registry): SovereignMetrics {
   const registers = [registry];
   return {
@@ -554,6 +556,8 @@ export class SovereignFront extends EventEmitter<SovereignFrontEvents> implement
       this.#server = null;
       await this.#proxy.close();
       this.#authenticator.clear();
+      // Release the series, so that a later front can register them on a shared (agent) registry.
+      for (const name of SOVEREIGN_METRICS) this.registry.removeSingleMetric(name);
     })();
     return this.#closing;
   }
