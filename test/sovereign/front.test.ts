@@ -14,6 +14,7 @@ import { generateKeyPair } from 'jose';
 import { failOnLeaks } from '../helpers/leaks.js';
 import { AUDIENCE, ISSUER, listenerSpec, proxyV1, proxyV2, signWith, sovereignRequest, sovereignSnapshot, startSovereign } from './fixtures.js';
 import type { Echo, SovereignRig } from './fixtures.js';
+import { freePort } from './haproxy.js';
 
 failOnLeaks(test);
 
@@ -188,6 +189,18 @@ test('a listener update applies to new requests; a listener the front cannot enf
     rig.server.setSnapshot(sovereignSnapshot({ ...auditors, address: '0.0.0.0', rbac: { policies: {} } }, rig.upstream.port, rig.certificate));
     t.is(await nacked, 'listener "sovereign" address.socket_address.address: "0.0.0.0" is not a loopback or in-cluster (private) address');
     t.is((await ask()).status, 200, 'still the applied policy');
+  }));
+
+test('a listener moved to another port is bound there before the old socket closes', (t) =>
+  withRig(t, async (rig) => {
+    const token = await rig.idp.mint();
+    const port = await freePort();
+    const moved = new Promise<number>((resolve) => rig.front.once('listening', (address) => resolve(address.port)));
+    rig.server.setSnapshot(sovereignSnapshot(listenerSpec(rig.idp, { port }), rig.upstream.port, rig.certificate));
+    t.is(await moved, port);
+    t.is((await sovereignRequest(port, rig.certificate.ca, { preamble: proxyV1(CLIENT, LB_FRONTEND), headers: { authorization: `Bearer ${token}` } })).status, 200);
+    await t.throwsAsync(sovereignRequest(rig.port, rig.certificate.ca, { preamble: proxyV1(CLIENT, LB_FRONTEND) }), { code: 'ECONNREFUSED' });
+    t.is(rig.front.address?.port, port);
   }));
 
 test('drain: a request in progress completes, new connections are refused', (t) =>
