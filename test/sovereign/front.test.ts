@@ -146,6 +146,7 @@ test('TLS below 1.2 is refused in the handshake (TLS_HANDSHAKE_FAILED), and a cl
     await t.throwsAsync(sovereignRequest(rig.port, rig.certificate.ca, { preamble: proxyV1(CLIENT, LB_FRONTEND), tls: { minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0' } }));
     const old = await rig.access((r) => r.code === 'TLS_HANDSHAKE_FAILED', 'the TLS 1.1 handshake');
     t.deepEqual(old.client, CLIENT, 'refused after the PROXY header: the client is known');
+    t.regex(old.message ?? '', /unsupported protocol/, 'the server refused the TLS 1.1 ClientHello itself');
     await t.throwsAsync(sovereignRequest(rig.port, rig.pki.foreign.trustBundlePem(), { preamble: proxyV1(CLIENT, LB_FRONTEND) }), { message: /certificate/ });
     t.is(rig.upstream.hits, 0);
   }));
