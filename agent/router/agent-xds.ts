@@ -132,6 +132,8 @@ export class AgentXds implements Closable {
     });
     client.start();
     await ready;
+    // setSovereign() before start() only published the listener; its front starts now.
+    if (this.#sovereign !== null && this.#sovereignPart === null) await this.#startFront(this.#sovereign);
   }
 
   /** Replace the static routes (a new snapshot; the routers follow over ADS). */
@@ -149,7 +151,7 @@ export class AgentXds implements Closable {
    * Serve the sovereign listener (`options`), or stop serving it (`null`): the snapshot is
    * republished with or without it (refused as the xDS server refuses any snapshot: a dangling
    * reference or what a connected client would NACK); with the built-in router, its front is
-   * started (resolves once it listens) or drained. Call after start().
+   * started (resolves once it listens; before start(), start() starts it) or drained.
    */
   async setSovereign(options: AgentSovereignOptions | null, drainGraceMs = 10_000): Promise<void> {
     const previous = this.#sovereign;
@@ -164,6 +166,11 @@ export class AgentXds implements Closable {
       }
     }
     if (options === null || this.router === null || this.#sovereignPart !== null || this.#address === null) return;
+    await this.#startFront(options);
+  }
+
+  async #startFront(options: AgentSovereignOptions): Promise<void> {
+    if (this.#address === null) return;
     const host = this.#address.host.includes(':') ? `[${this.#address.host}]` : this.#address.host;
     const router = new Router();
     const client = new AdsClient({

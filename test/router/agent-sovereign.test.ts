@@ -52,3 +52,34 @@ test('setSovereign serves the sovereign listener next to the tunnel listener, an
     await idp.close();
   }
 });
+
+test('setSovereign before start(): start() brings the front up with the router', async (t) => {
+  const pki = await createTestPki({ trustDomain: 'customer.test' });
+  const certificate = await pki.gatewayCert({ dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
+  const idp = await customerIdp();
+  const upstream = await recordingUpstream();
+  const xds = new AgentXds({ routes: [{ prefix: '/', upstream: `http://127.0.0.1:${upstream.port}` }], listen: { host: '127.0.0.1', port: 0 }, useBuiltInRouter: true });
+  try {
+    await xds.setSovereign({
+      listener: {
+        name: 'sovereign',
+        address: '127.0.0.1',
+        port: 0,
+        routeConfigName: 'sovereign-routes',
+        tls: { certificateChainPem: certificate.cert, privateKeyPem: certificate.key },
+        jwt: { issuer: ISSUER, audiences: [AUDIENCE], jwks: { local: JSON.stringify(idp.jwks) } },
+        rbac: { policies: { anyone: { principals: [{ claim: 'sub', equals: 'alice' }] } } },
+      },
+    });
+    t.is(xds.sovereignFront, null, 'nothing to serve from before start()');
+    await xds.start();
+    const port = xds.sovereignFront?.address?.port;
+    if (port === undefined) return t.fail('no sovereign front after start()');
+    const reply = await sovereignRequest(port, certificate.ca, { preamble: proxyV1({ address: '192.0.2.1', port: 1 }, { address: '10.0.0.1', port: 443 }), headers: { authorization: `Bearer ${await idp.mint()}` } });
+    t.is(reply.status, 200);
+  } finally {
+    await xds.close();
+    await upstream.close();
+    await idp.close();
+  }
+});
