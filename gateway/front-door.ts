@@ -45,6 +45,11 @@ export class FrontDoor {
    * http.Server listens, and this one never does, so the front door counts them itself.
    */
   private readonly h1Sockets = new Set<Socket>();
+  /**
+   * Per-request HTTP/1.1 answers still being written, by connection; `refused` once the parser
+   * refused what the client sent after their requests (see `clientError`).
+   */
+  private readonly answering = new Map<Socket, { open: number; refused: boolean; req: http.IncomingMessage; res: http.ServerResponse }>();
   /** Node's headersTimeout needs a listening server; these deadlines stand in for it (slow-header clients). */
   private readonly headerDeadlines: HeaderDeadlines;
   private draining = false;
@@ -92,6 +97,16 @@ export class FrontDoor {
       const socket = req.socket;
       deadlines.requestStarted(socket);
       res.once('finish', () => deadlines.requestFinished(socket));
+      const answering = this.answering.get(socket) ?? { open: 0, refused: false, req, res };
+      answering.open++;
+      answering.req = req;
+      answering.res = res;
+      this.answering.set(socket, answering);
+      res.once('close', () => {
+        if (--answering.open > 0) return;
+        this.answering.delete(socket);
+        if (answering.refused) socket.end();
+      });
       const problem = hostProblem(req);
       if (problem !== null) {
         this.metrics.errors.inc({ code: 'BAD_REQUEST' });
@@ -266,6 +281,23 @@ export class FrontDoor {
       socket.destroy();
       return;
     }
+    const answering = this.answering.get(socket);
+    if (answering !== undefined && answering.req.complete) {
+      // The refused bytes follow requests whose answers are still on their way: a 400 written now
+      // would go out before them (the client takes it for its answer) or after a body delimited
+      // by the close (the client reads it as more body). They complete; then the connection closes.
+      this.metrics.errors.inc({ code });
+      answering.refused = true;
+      return;
+    }
+    if (answering !== undefined && (answering.open > 1 || answering.res.headersSent)) {
+      // The refused bytes are the body of a request whose answer (or one before it) is being written.
+      this.metrics.errors.inc({ code });
+      socket.destroy();
+      return;
+    }
+    // Nothing is being answered, or the refused bytes are the body of the request whose answer
+    // has not started: the 400 is that answer.
     this.endWithError(socket, code, error.message);
   }
 

@@ -364,3 +364,41 @@ test.serial('a client that leaves after an early answer, its request body unfini
   await tunnelStreamsClosed();
   t.pass();
 });
+
+test.serial('bytes the parser refuses after a request whose answer is still due: that answer comes whole, alone, then the connection closes', async (t) => {
+  const token = await env.token(['c1'], 'alice');
+  // HTTP/1.0 without a token: answered 401 once admission has run, its body delimited by the
+  // close. Then the parser refuses what follows the body (data after a request that closes).
+  // The gateway's 400 used to go out after the 401's head and body, where a client reads it as
+  // more of that body. Then a keep-alive request whose answer is still on its way, and garbage:
+  // the 400 went out first, where a client reads it as the answer to its request.
+  const cases = [
+    'GET /first HTTP/1.0\r\nhost: c1.tether.localhost\r\ncontent-length: 2\r\n\r\nokGARBAGE\r\n',
+    `GET /first HTTP/1.1\r\nhost: c1.tether.localhost\r\nauthorization: Bearer ${token}\r\n\r\nGARBAGE\x01\r\n\r\n`,
+  ];
+  for (const bytes of cases) {
+    const plain = new URL(env.gateway.plainUrl ?? '');
+    const socket = net.connect(Number(plain.port), plain.hostname);
+    socket.on('error', () => undefined);
+    let received = '';
+    socket.on('data', (chunk: Buffer) => {
+      received += chunk.toString('latin1');
+    });
+    const timer = setTimeout(() => socket.destroy(new Error(`not closed within ${WAIT_MS} ms`)), WAIT_MS);
+    socket.write(bytes);
+    await new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    clearTimeout(timer);
+    const statuses = received.match(/HTTP\/1\.1 \d{3}/g) ?? [];
+    const what = `${JSON.stringify(bytes.slice(0, 24))}: ${JSON.stringify(received)}`;
+    if (bytes.includes('HTTP/1.0')) {
+      // Its body ends at the close: nothing may follow it.
+      t.regex(received, /^HTTP\/1\.1 401 /, what);
+      t.is(statuses.length, 1, what);
+    } else {
+      // The request's own answer first; a 400 for the garbage may follow it (binding refuses the
+      // garbage once the answer is complete), never precede it.
+      t.regex(received, /^HTTP\/1\.1 200 /, what);
+      t.deepEqual(statuses.slice(1).filter((s) => s !== 'HTTP/1.1 400'), [], what);
+    }
+  }
+});
