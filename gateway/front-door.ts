@@ -55,7 +55,8 @@ export class FrontDoor {
   private draining = false;
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly listening = new Set<net.Server>();
-  private readonly activity = new Map<http2.Http2Session, { open: number; last: number }>();
+  /** Per client session: open streams, when the last one closed, when an unanswered PING went out. */
+  private readonly activity = new Map<http2.Http2Session, { open: number; last: number; pinged: number | null }>();
   private reaper: NodeJS.Timeout | null = null;
   /** Binding mode's view of the gateway (null in per-request mode). */
   private readonly binding: BindingContext | null;
@@ -147,7 +148,7 @@ export class FrontDoor {
     });
     this.h2.on('session', (session: http2.ServerHttp2Session) => {
       this.sessions.add(session);
-      this.activity.set(session, { open: 0, last: Date.now() });
+      this.activity.set(session, { open: 0, last: Date.now(), pinged: null });
       this.startReaper();
       session.once('close', () => {
         this.sessions.delete(session);
@@ -215,16 +216,34 @@ export class FrontDoor {
   }
 
   /**
-   * Closes client HTTP/2 sessions without open streams for `clientIdleTimeoutMs`; this also reaps
-   * sessions nghttp2 gave up on after a connection error (it sends GOAWAY but leaves the socket
-   * open). One timer per gateway (Node's per-session `setTimeout` stays armed after destroy).
+   * Closes client HTTP/2 sessions without open streams for `clientIdleTimeoutMs`, and sessions
+   * that leave a PING unanswered for `pingTimeoutMs`. nghttp2 ends a session on a connection error
+   * (a malformed frame, rapid reset) with GOAWAY and stops reading it, and Node neither closes it
+   * nor says so: its open streams (and their tunnel streams) would wait forever, and the client's
+   * close would go unnoticed. Such a session never sends the PING. One timer per gateway (Node's
+   * per-session `setTimeout` stays armed after destroy).
    */
   private startReaper(): void {
     if (this.reaper !== null) return;
     const idleMs = this.config.clientIdleTimeoutMs;
+    const pingTimeoutMs = this.config.pingTimeoutMs;
     this.reaper = setInterval(() => {
       const now = Date.now();
-      for (const [session, { open, last }] of this.activity) if (open === 0 && now - last >= idleMs) session.destroy();
+      for (const [session, state] of this.activity) {
+        if ((state.open === 0 && now - state.last >= idleMs) || (state.pinged !== null && now - state.pinged >= pingTimeoutMs)) {
+          session.destroy();
+          continue;
+        }
+        if (state.pinged !== null || session.closed || session.destroyed) continue;
+        state.pinged = now;
+        try {
+          session.ping(() => {
+            state.pinged = null;
+          });
+        } catch {
+          session.destroy();
+        }
+      }
       if (this.sessions.size === 0) this.stopReaper();
     }, Math.max(50, Math.min(idleMs / 2, 5_000)));
     this.reaper.unref();

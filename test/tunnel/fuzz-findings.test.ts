@@ -19,6 +19,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import * as http from 'node:http';
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
+import { PREFACE, SETTINGS_ACK, dataFrame, frame, headerBlock, headersFrame, logPeer, settingsFrame } from '../fuzz/h2-wire.js';
 import { failOnLeaks } from '../helpers/leaks.js';
 import { closeH2, connectH2, h2Request, plainH1Request } from '../helpers/tunnel-clients.js';
 import { startTunnelEnv, type TunnelEnv } from '../helpers/tunnel-env.js';
@@ -157,6 +158,8 @@ test.before(async () => {
   const wsPort = (wsServer.address() as net.AddressInfo).port;
   env = await startTunnelEnv({
     gateway: {
+      // HTTP/2 client sessions are checked once a second (the reaper runs at half this).
+      clientIdleTimeoutMs: 2_000,
       authorizer: async (identity, clusterId) => {
         gate.calls++;
         gate.called();
@@ -193,10 +196,10 @@ const tunnelStreams = (): number => env.gateway.tunnels.all().reduce((n, tunnel)
  * Every tunnel stream closed: checked every 20 ms (a stream closes inside the gateway, with no
  * event of its own to wait on); rejects, failing the test, when some are still open after `WAIT_MS`.
  */
-async function tunnelStreamsClosed(): Promise<void> {
-  const deadline = Date.now() + WAIT_MS;
+async function tunnelStreamsClosed(waitMs = WAIT_MS): Promise<void> {
+  const deadline = Date.now() + waitMs;
   while (tunnelStreams() > 0) {
-    if (Date.now() > deadline) throw new Error(`${tunnelStreams()} tunnel stream(s) still open after ${WAIT_MS} ms`);
+    if (Date.now() > deadline) throw new Error(`${tunnelStreams()} tunnel stream(s) still open after ${waitMs} ms`);
     await new Promise<void>((resolve) => setTimeout(resolve, 20));
   }
 }
@@ -401,4 +404,53 @@ test.serial('bytes the parser refuses after a request whose answer is still due:
       t.deepEqual(statuses.slice(1).filter((s) => s !== 'HTTP/1.1 400'), [], what);
     }
   }
+});
+
+test.serial('an HTTP/2 session that nghttp2 ended with GOAWAY while a request body was due is closed, with its tunnel stream', async (t) => {
+  const token = await env.token(['c1'], 'alice');
+  const plain = new URL(env.gateway.plainUrl ?? '');
+  const accepted = nextAcceptedSocket();
+  const client = net.connect(Number(plain.port), plain.hostname);
+  client.on('error', () => undefined);
+  const changes = new Set<() => void>();
+  const log = logPeer(client, () => {
+    for (const change of [...changes]) change();
+  });
+  const until = (what: string, test: () => boolean, ms: number): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      const check = (): void => {
+        if (!test()) return;
+        clearTimeout(timer);
+        changes.delete(check);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        changes.delete(check);
+        reject(new Error(`${what}: not within ${ms} ms`));
+      }, ms);
+      changes.add(check);
+      check();
+    });
+  const block = headerBlock([
+    [':method', 'POST'],
+    [':scheme', 'http'],
+    [':path', '/early'],
+    [':authority', 'c1.tether.localhost'],
+    ['authorization', `Bearer ${token}`],
+  ]);
+  // A POST whose body has begun; the upstream answers at once, the body stays due.
+  client.write(Buffer.concat([PREFACE, settingsFrame([]), SETTINGS_ACK, headersFrame(1, block, { endStream: false }), dataFrame(1, 'part of a body')]));
+  await until('the answer', () => log.ended.has(1), WAIT_MS);
+  t.is(tunnelStreams(), 1, 'the tunnel stream waits for the rest of the body');
+  // An RST_STREAM two bytes long: a connection error. nghttp2 sends GOAWAY and stops reading.
+  client.write(frame(3, 0, 1, Buffer.from([0, 8])));
+  await until('GOAWAY', () => log.goaway !== null, WAIT_MS);
+  t.is(log.goaway?.code, 6, 'FRAME_SIZE_ERROR');
+  // The client leaves politely; the gateway, no longer reading, would not see it.
+  client.end();
+  const server = await accepted;
+  await tunnelStreamsClosed(10_000);
+  if (!server.destroyed) await new Promise<void>((resolve) => server.once('close', () => resolve()));
+  t.true(server.destroyed);
+  client.destroy();
 });
