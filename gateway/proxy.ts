@@ -30,12 +30,15 @@ import {
   headerListSize,
   relay,
   statusOf,
+  TunnelCodes,
   type ByteCounter,
 } from './tunnel/index.js';
 
 const { NGHTTP2_CANCEL, NGHTTP2_NO_ERROR, NGHTTP2_REFUSED_STREAM, NGHTTP2_FLAG_END_STREAM } = http2.constants;
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 const MAX_ATTEMPTS = 3;
+/** Distinct error codes from agents, beyond the gateway's own, that get a series of their own. */
+const MAX_FOREIGN_CODES = 32;
 
 /**
  * The error listener of sockets and streams whose failures are handled by their 'close'. One
@@ -212,6 +215,22 @@ export class ClientProxy {
     client.respondError('TUNNEL_STREAM_RESET', 'internal error');
   }
 
+  /** Codes outside `TunnelCodes` seen in answers from agents (their dataproxy's, say), kept as label values. */
+  private readonly foreignCodes = new Set<string>();
+
+  /**
+   * The error metric's label for a code an agent answered with (its own, or an upstream's it
+   * passed on): the gateway's codes as they are; others while fewer than `MAX_FOREIGN_CODES`
+   * have been seen and they look like codes; anything else is `UNRECOGNIZED`. A peer cannot grow
+   * the series without bound.
+   */
+  private errorLabel(code: string): string {
+    if (Object.hasOwn(TunnelCodes, code) || this.foreignCodes.has(code)) return code;
+    if (this.foreignCodes.size >= MAX_FOREIGN_CODES || !/^[A-Z][A-Z0-9_]{0,63}$/.test(code)) return 'UNRECOGNIZED';
+    this.foreignCodes.add(code);
+    return code;
+  }
+
   /** Open a tunnel stream for the exchange and wire both sides; retries refused streams elsewhere. */
   private forward(clusterId: string, headers: OutgoingHttpHeaders, client: ClientSide, attempt = 0, exclude: Set<AgentTunnel> | null = null): void {
     const busy = { full: false };
@@ -256,7 +275,7 @@ export class ClientProxy {
       releaseSentHeaders(stream);
       this.metrics.streamSetup.observe({ protocol: client.kind }, Number(process.hrtime.bigint() - started) / 1e9);
       const code = responseHeaders[H_ERROR];
-      if (typeof code === 'string') this.metrics.errors.inc({ code });
+      if (typeof code === 'string') this.metrics.errors.inc({ code: this.errorLabel(code) });
       if (gone) return;
       client.onResponse(stream, responseHeaders, flags);
     });

@@ -56,6 +56,9 @@ async function startUpstream(): Promise<Upstream> {
     seen.push(req.headers);
     upstreamPaths.push(req.url ?? '');
     req.resume();
+    const forged = /^\/forged-code\/(\w+)$/.exec(req.url ?? '');
+    // An upstream that speaks the tunnel's error vocabulary with words of its own.
+    if (forged !== null) res.writeHead(502, { 'tether-error': forged[1] });
     res.end('hello');
   });
   server.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => {
@@ -453,4 +456,26 @@ test.serial('an HTTP/2 session that nghttp2 ended with GOAWAY while a request bo
   if (!server.destroyed) await new Promise<void>((resolve) => server.once('close', () => resolve()));
   t.true(server.destroyed);
   client.destroy();
+});
+
+test.serial('error codes from agents beyond the gateway\'s own (an upstream\'s, passed on) get at most 32 series of the error metric', async (t) => {
+  const token = await env.token(['c1'], 'alice');
+  const plain = env.gateway.plainUrl ?? '';
+  for (let i = 0; i < 40; i++) {
+    const reply = await plainH1Request(plain, { cluster: 'c1', token, path: `/forged-code/FORGED_${i}` });
+    t.is(reply.status, 502);
+  }
+  t.is((await plainH1Request(plain, { cluster: 'c1', token, path: '/forged-code/constructor' })).status, 502);
+  const metric = env.gateway.registry.getSingleMetric('tether_gateway_request_errors_total');
+  const values = metric === undefined ? [] : (await metric.get()).values;
+  const codes = values.map((v) => String(v.labels.code));
+  const counted = (code: string): number => values.filter((v) => v.labels.code === code).reduce((n, v) => n + v.value, 0);
+  if (TEST_BINDING === 'connection') {
+    // Each request binds its connection: the answers pass as bytes, and are not read for codes.
+    t.is(codes.filter((code) => code.startsWith('FORGED_')).length, 0, codes.join(', '));
+    return;
+  }
+  t.is(codes.filter((code) => code.startsWith('FORGED_')).length, 32, codes.join(', '));
+  t.false(codes.includes('constructor'));
+  t.is(counted('UNRECOGNIZED'), 40 - 32 + 1);
 });
