@@ -174,14 +174,17 @@ export class TunnelConnection {
           case 'welcome': {
             this.gatewayId = typeof message.gatewayId === 'string' ? message.gatewayId : null;
             if (this.state === 'connecting') this.state = 'live';
-            if (Array.isArray(message.replicas)) this.options.onReplicas(message.replicas as ReplicaInfo[]);
+            const replicas = replicasOf(message.replicas);
+            if (replicas !== null) this.options.onReplicas(replicas);
             this.startLiveness();
             settle(null);
             return;
           }
-          case 'replicas':
-            if (Array.isArray(message.replicas)) this.options.onReplicas(message.replicas as ReplicaInfo[]);
+          case 'replicas': {
+            const replicas = replicasOf(message.replicas);
+            if (replicas !== null) this.options.onReplicas(replicas);
             return;
+          }
           case 'drain': {
             if (this.state === 'live') this.state = 'draining';
             const retryAfterMs = Number(message.retryAfterMs);
@@ -302,6 +305,20 @@ export class TunnelConnection {
     for (const stream of this.active) stream.destroy();
     this.resolveClosed();
   }
+}
+
+/**
+ * The replicas in a control message's list: entries with a string `id` and `address`; anything
+ * else in it is dropped (a `null` entry threw in the agent's replica bookkeeping and ended the
+ * process). Null when the list is not a list.
+ */
+function replicasOf(value: unknown): ReplicaInfo[] | null {
+  if (!Array.isArray(value)) return null;
+  return value.filter((entry: unknown): entry is ReplicaInfo => {
+    if (typeof entry !== 'object' || entry === null) return false;
+    const { id, address } = entry as Record<string, unknown>;
+    return typeof id === 'string' && typeof address === 'string';
+  });
 }
 
 function net_isIp(host: string): boolean {

@@ -19,7 +19,8 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import * as http from 'node:http';
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
-import { PREFACE, SETTINGS_ACK, dataFrame, frame, headerBlock, headersFrame, logPeer, settingsFrame } from '../fuzz/h2-wire.js';
+import { PREFACE, RawPeer, SETTINGS_ACK, dataFrame, frame, headerBlock, headersFrame, logPeer, pingFrame, settingsFrame } from '../fuzz/h2-wire.js';
+import { startFakeGateway } from '../fuzz/tunnel-cases.js';
 import { failOnLeaks } from '../helpers/leaks.js';
 import { closeH2, connectH2, h2Request, plainH1Request } from '../helpers/tunnel-clients.js';
 import { startTunnelEnv, type TunnelEnv } from '../helpers/tunnel-env.js';
@@ -478,4 +479,34 @@ test.serial('error codes from agents beyond the gateway\'s own (an upstream\'s, 
   t.is(codes.filter((code) => code.startsWith('FORGED_')).length, 32, codes.join(', '));
   t.false(codes.includes('constructor'));
   t.is(counted('UNRECOGNIZED'), 40 - 32 + 1);
+});
+
+test.serial('an agent told replicas that are not replicas (null, numbers, strings) by a gateway keeps running, and keeps serving', async (t) => {
+  const material = await env.pki.gatewayCert();
+  const fake = await startFakeGateway(material, env.pki.trustBundlePem);
+  const agent = await env.startAgent({ clusterId: 'c1', agentId: 'told-junk', gateways: [fake.address], backoff: { initialDelayMs: 20, maxDelayMs: 200 } });
+  try {
+    const socket = await fake.next(WAIT_MS);
+    const peer = new RawPeer(socket, { autoAck: true });
+    const welcome = { type: 'welcome', gatewayId: 'fake', replicas: [null, 42, 'x', { id: 1 }, { id: 'ok', address: fake.address }], pingIntervalMs: 1000 };
+    const opening = headerBlock([
+      [':method', 'POST'],
+      [':scheme', 'https'],
+      [':path', '/.tether/control'],
+      [':authority', 'tunnel.invalid'],
+      ['tether-control', '1'],
+    ]);
+    peer.write(Buffer.concat([PREFACE, settingsFrame([]), headersFrame(1, opening, { endStream: false }), dataFrame(1, `${JSON.stringify(welcome)}\n`)]));
+    // The agent takes the welcome (its connection goes live), whatever the list held.
+    await agent.waitForConnections(1, WAIT_MS);
+    t.is(agent.liveConnections().length, 1);
+    // The same list later, in a replicas message.
+    peer.write(dataFrame(1, `${JSON.stringify({ type: 'replicas', replicas: welcome.replicas })}\n`));
+    peer.write(pingFrame(Buffer.from('replicas')));
+    t.true(await peer.until(() => peer.log.pingAcks.includes(Buffer.from('replicas').toString('hex')), WAIT_MS));
+    socket.destroy();
+  } finally {
+    await agent.close();
+    await fake.close();
+  }
 });
