@@ -15,6 +15,7 @@ import {
   CONTROL_PATH,
   PingKeeper,
   TUNNEL_ALPN,
+  TUNNEL_HEADER_PAIRS,
   readMessages,
   tunnelSettings,
   writeMessage,
@@ -142,7 +143,7 @@ export class TunnelConnection {
         const session = http2.performServerHandshake(socket, {
           settings: tunnelSettings(limits, true),
           maxSessionMemory: limits.maxSessionMemoryMiB,
-          maxHeaderListPairs: 256,
+          maxHeaderListPairs: TUNNEL_HEADER_PAIRS,
         });
         this.session = session;
         session.setLocalWindowSize(limits.connectionWindowBytes);

@@ -22,7 +22,7 @@ import type { Bindings } from './binding/bindings.js';
 import { HeaderDeadlines } from './header-deadlines.js';
 import { httpReason, type ClientProxy } from './proxy.js';
 import type { TunnelRegistry } from './tunnel-registry.js';
-import { H_ERROR, TUNNEL_ALPN, statusOf } from './tunnel/index.js';
+import { CLIENT_HEADER_PAIRS, H_ERROR, TUNNEL_ALPN, statusOf } from './tunnel/index.js';
 
 export interface ServerTls {
   key: string;
@@ -72,7 +72,7 @@ export class FrontDoor {
     bindings: Bindings,
   ) {
     const limits = config.limits;
-    // requireHostHeader: the Host check is ours (hostProblem), answered with a tether-error code.
+    // requireHostHeader: the Host check is ours (requestProblem), answered with a tether-error code.
     this.h1 = http.createServer({ maxHeaderSize: limits.maxClientHeaderBytes, requestTimeout: 0, headersTimeout: config.clientHeadersTimeoutMs, keepAliveTimeout: config.clientKeepAliveTimeoutMs, requireHostHeader: false });
     this.headerDeadlines = new HeaderDeadlines(config.clientHeadersTimeoutMs, (socket) => this.headersTimedOut(socket));
     const deadlines = this.headerDeadlines;
@@ -108,11 +108,11 @@ export class FrontDoor {
         this.answering.delete(socket);
         if (answering.refused) socket.end();
       });
-      const problem = hostProblem(req);
+      const problem = requestProblem(req);
       if (problem !== null) {
-        this.metrics.errors.inc({ code: 'BAD_REQUEST' });
-        const body = `BAD_REQUEST: ${problem}\n`;
-        res.writeHead(400, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), [H_ERROR]: 'BAD_REQUEST', connection: 'close' });
+        this.metrics.errors.inc({ code: problem.code });
+        const body = `${problem.code}: ${problem.message}\n`;
+        res.writeHead(statusOf(problem.code), { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), [H_ERROR]: problem.code, connection: 'close' });
         res.end(body);
         return;
       }
@@ -124,14 +124,14 @@ export class FrontDoor {
     this.h1.on('checkExpectation', onRequest);
     this.h1.on('upgrade', (req, socket: Socket, head: Buffer) => {
       deadlines.forget(socket);
-      const problem = hostProblem(req);
-      if (problem !== null) this.endWithError(socket, 'BAD_REQUEST', problem);
+      const problem = requestProblem(req);
+      if (problem !== null) this.endWithError(socket, problem.code, problem.message);
       else proxy.handleHttp1Upgrade(req, socket, head);
     });
     this.h1.on('connect', (req, socket: Socket, head: Buffer) => {
       deadlines.forget(socket);
-      const problem = hostProblem(req);
-      if (problem !== null) this.endWithError(socket, 'BAD_REQUEST', problem);
+      const problem = requestProblem(req);
+      if (problem !== null) this.endWithError(socket, problem.code, problem.message);
       else proxy.handleHttp1Connect(req, socket, head);
     });
     this.h1.on('clientError', (error: Error & { code?: string }, socket: Socket) => this.clientError(error, socket));
@@ -144,7 +144,9 @@ export class FrontDoor {
         maxHeaderListSize: limits.maxClientHeaderBytes * 2,
       },
       maxSessionMemory: limits.maxSessionMemoryMiB,
-      maxHeaderListPairs: 256,
+      // Fewer than the tunnel takes: the gateway's own fields must fit beside them (Node resets a
+      // stream over it with ENHANCE_YOUR_CALM; the tunnel's refusal answered 502 TUNNEL_STREAM_RESET).
+      maxHeaderListPairs: CLIENT_HEADER_PAIRS,
     });
     this.h2.on('session', (session: http2.ServerHttp2Session) => {
       this.sessions.add(session);
@@ -413,14 +415,17 @@ export class FrontDoor {
 }
 
 /**
- * An HTTP/1.1 request needs exactly one Host field, an HTTP/1.0 one at most one (RFC 9112 §3.2);
- * what is wrong, or null. Node would answer a missing one 400 itself, without a tether-error code,
- * and keeps only the first of several.
+ * What the gateway refuses in an HTTP/1.1 request before admission, or null. An HTTP/1.1 request
+ * needs exactly one Host field, an HTTP/1.0 one at most one (RFC 9112 §3.2): Node would answer a
+ * missing one 400 itself, without a tether-error code, and keeps only the first of several. More
+ * fields than a tunnel stream carries beside the gateway's own would be refused by the tunnel
+ * (502 TUNNEL_STREAM_RESET): they are the client's 431.
  */
-function hostProblem(req: http.IncomingMessage): string | null {
+function requestProblem(req: http.IncomingMessage): { code: 'BAD_REQUEST' | 'HEADERS_TOO_LARGE'; message: string } | null {
   const hosts = req.headersDistinct.host?.length ?? 0;
-  if (hosts > 1) return 'more than one Host field';
-  if (hosts === 0 && req.httpVersionMajor === 1 && req.httpVersionMinor === 1) return 'an HTTP/1.1 request without a Host field';
+  if (hosts > 1) return { code: 'BAD_REQUEST', message: 'more than one Host field' };
+  if (hosts === 0 && req.httpVersionMajor === 1 && req.httpVersionMinor === 1) return { code: 'BAD_REQUEST', message: 'an HTTP/1.1 request without a Host field' };
+  if (req.rawHeaders.length / 2 > CLIENT_HEADER_PAIRS) return { code: 'HEADERS_TOO_LARGE', message: `more than ${CLIENT_HEADER_PAIRS} header fields` };
   return null;
 }
 

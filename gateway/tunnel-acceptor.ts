@@ -16,6 +16,7 @@ import {
   H_CONTROL,
   PingKeeper,
   RefusalCodes,
+  TUNNEL_HEADER_PAIRS,
   readMessages,
   tunnelSettings,
   writeMessage,
@@ -70,7 +71,7 @@ export class TunnelAcceptor {
       createConnection: () => socket,
       settings: tunnelSettings(limits, false),
       maxSessionMemory: limits.maxSessionMemoryMiB,
-      maxHeaderListPairs: 256,
+      maxHeaderListPairs: TUNNEL_HEADER_PAIRS,
     });
     session.on('error', (reason: unknown) => this.logger.debug({ err: reason }, 'tunnel session error'));
     session.once('connect', () => session.setLocalWindowSize(limits.connectionWindowBytes));

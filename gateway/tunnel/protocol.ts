@@ -156,6 +156,15 @@ export interface TunnelLimits {
   maxSessionMemoryMiB: number;
 }
 
+/** Header entries (pseudo-headers included) one tunnel stream carries; both ends refuse more. */
+export const TUNNEL_HEADER_PAIRS = 256;
+
+/**
+ * Header fields a client request may carry into the tunnel: the gateway adds its own (the
+ * pseudo-headers and seven `tether-*` fields), and the request must still fit `TUNNEL_HEADER_PAIRS`.
+ */
+export const CLIENT_HEADER_PAIRS = TUNNEL_HEADER_PAIRS - 16;
+
 export const DEFAULT_TUNNEL_LIMITS: TunnelLimits = {
   streamWindowBytes: 4 * 1024 * 1024,
   connectionWindowBytes: 64 * 1024 * 1024,

@@ -510,3 +510,30 @@ test.serial('an agent told replicas that are not replicas (null, numbers, string
     await fake.close();
   }
 });
+
+test.serial('a request with more header fields than the tunnel carries is refused at the edge (431 HEADERS_TOO_LARGE; HTTP/2: reset), not 502 from the tunnel', async (t) => {
+  const token = await env.token(['c1'], 'alice');
+  const many = Array.from({ length: 245 }, (_, i) => `x-f${i}: v\r\n`).join('');
+  const answer = await exchange(`GET /many HTTP/1.1\r\nhost: c1.tether.localhost\r\nauthorization: Bearer ${token}\r\n${many}\r\n`);
+  // Binding carries them as bytes to the upstream; per request they would not fit the tunnel.
+  if (TEST_BINDING === 'connection') t.regex(answer, /^HTTP\/1\.1 200 /);
+  else {
+    t.regex(answer, /^HTTP\/1\.1 431 /, answer.slice(0, 200));
+    t.regex(answer, /\r\ntether-error: HEADERS_TOO_LARGE\r\n/i);
+  }
+  const session = await connectH2(env.gateway.plainUrl ?? '');
+  try {
+    const headers: http2.OutgoingHttpHeaders = { ':method': 'GET', ':path': '/many', ':authority': 'c1.tether.localhost', authorization: `Bearer ${token}` };
+    for (let i = 0; i < 245; i++) headers[`x-f${i}`] = 'v';
+    const outcome = await new Promise<string>((resolve) => {
+      const stream = session.request(headers);
+      stream.on('error', () => undefined);
+      stream.resume();
+      stream.once('response', (h) => resolve(`status ${String(h[':status'])} ${String(h['tether-error'])}`));
+      stream.once('close', () => resolve(`reset ${stream.rstCode ?? ''}`));
+    });
+    t.regex(outcome, /^reset /, outcome);
+  } finally {
+    await closeH2(session);
+  }
+});
