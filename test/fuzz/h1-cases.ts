@@ -191,9 +191,13 @@ class ResponseReader {
     this.buffer = Buffer.concat([this.buffer, chunk]);
     if (this.closeDelimited) {
       const text = this.buffer.toString('latin1');
-      const at = text.search(/HTTP\/1\.[01] \d{3}/);
-      if (at !== -1) this.garbage = `after a body delimited by the close: ${text.slice(at, at + 200)}`;
-      return;
+      // Straight after the head: the answer was to a HEAD (no body, whatever its fields say).
+      if (text.startsWith('HTTP/1.')) this.closeDelimited = false;
+      else {
+        const at = text.search(/HTTP\/1\.[01] \d{3}/);
+        if (at !== -1) this.garbage = `after a body delimited by the close: ${text.slice(at, at + 200)}`;
+        return;
+      }
     }
     for (;;) {
       const end = this.buffer.indexOf('\r\n\r\n');
