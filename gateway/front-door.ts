@@ -15,7 +15,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import * as tls from 'node:tls';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../common/log.js';
-import type { GatewayMetrics } from './metrics.js';
+import { sessionErrorReason, type GatewayMetrics } from './metrics.js';
 import type { GatewayConfig } from './options.js';
 import { BoundConnection, type BindingContext } from './binding/bound-connection.js';
 import type { Bindings } from './binding/bindings.js';
@@ -158,6 +158,8 @@ export class FrontDoor {
       });
       session.on('error', (reason: unknown) => {
         logger.debug({ err: reason }, 'client HTTP/2 session error');
+        const label = sessionErrorReason(reason);
+        if (label !== null) metrics.sessionErrors.inc({ peer: 'client', reason: label });
         session.destroy();
       });
       session.once('connect', () => session.setLocalWindowSize(limits.connectionWindowBytes));
@@ -232,7 +234,12 @@ export class FrontDoor {
     this.reaper = setInterval(() => {
       const now = Date.now();
       for (const [session, state] of this.activity) {
-        if ((state.open === 0 && now - state.last >= idleMs) || (state.pinged !== null && now - state.pinged >= pingTimeoutMs)) {
+        if (state.pinged !== null && now - state.pinged >= pingTimeoutMs) {
+          this.metrics.sessionErrors.inc({ peer: 'client', reason: 'unresponsive' });
+          session.destroy();
+          continue;
+        }
+        if (state.open === 0 && now - state.last >= idleMs) {
           session.destroy();
           continue;
         }

@@ -9,7 +9,7 @@ import type { TLSSocket } from 'node:tls';
 import { TetherError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { GatewayConfig } from './options.js';
-import type { GatewayMetrics } from './metrics.js';
+import { sessionErrorReason, type GatewayMetrics } from './metrics.js';
 import type { AgentTunnel, TunnelRegistry } from './tunnel-registry.js';
 import {
   CONTROL_PATH,
@@ -73,7 +73,11 @@ export class TunnelAcceptor {
       maxSessionMemory: limits.maxSessionMemoryMiB,
       maxHeaderListPairs: TUNNEL_HEADER_PAIRS,
     });
-    session.on('error', (reason: unknown) => this.logger.debug({ err: reason }, 'tunnel session error'));
+    session.on('error', (reason: unknown) => {
+      this.logger.debug({ err: reason }, 'tunnel session error');
+      const label = sessionErrorReason(reason);
+      if (label !== null) this.metrics.sessionErrors.inc({ peer: 'agent', reason: label });
+    });
     session.once('connect', () => session.setLocalWindowSize(limits.connectionWindowBytes));
     const control = session.request({ ':method': 'POST', ':path': CONTROL_PATH, [H_CONTROL]: '1' }, { endStream: false });
     control.on('error', () => undefined);
@@ -134,6 +138,7 @@ export class TunnelAcceptor {
       onRtt: (ms) => this.metrics.pingRtt.observe(ms / 1000),
       onDead: () => {
         this.logger.warn({ cluster: peer.clusterId, agent: peer.agentId }, 'agent tunnel PING timed out; closing it');
+        this.metrics.sessionErrors.inc({ peer: 'agent', reason: 'unresponsive' });
         session.destroy();
         socket.destroy();
       },
