@@ -520,21 +520,26 @@ export class ClientProxy {
     const authority = headers[':authority'];
     this.admit(headers, connect && protocol === undefined ? undefined : authority).then(
       (admitted) => {
-        // A stream the client reset while admission ran (rapid reset, CVE-2023-44487, does it by
-        // the thousand) has already emitted 'close': `onGone` would never run, and its tunnel
-        // stream would stay open with the response unread, holding one of the agent's
-        // concurrent-stream slots until the tunnel closes.
-        if (stream.destroyed || stream.closed) return;
-        const pseudo: OutgoingHttpHeaders = connect && protocol === undefined
-          ? { ':method': 'CONNECT', ':authority': authority ?? '' }
-          : {
-              ':method': method ?? 'GET',
-              ':path': headers[':path'] ?? '/',
-              ':authority': authority ?? admitted.clusterId,
-              ':scheme': 'https',
-              ...(protocol === undefined ? {} : { ':protocol': protocol }),
-            };
-        this.forward(admitted.clusterId, this.tunnelHeaders(headers, admitted, stream.session?.socket?.remoteAddress, 'http2', pseudo), client);
+        // The tunnel stream is opened once the frames read with the request's HEADERS have been
+        // processed: rapid reset (CVE-2023-44487) sends each stream's RST_STREAM right behind its
+        // HEADERS, and admission (a cached token) completes in between. Opened at once, each such
+        // stream went into the tunnel only to be reset there, and the agent's nghttp2 answers more
+        // than 1,000 resets (then 33 a second) with GOAWAY: two bursts cost the cluster its tunnels.
+        setImmediate(() => {
+          // A stream the client reset meanwhile has already emitted 'close': `onGone` would never
+          // run, and its tunnel stream would stay open with the response unread.
+          if (stream.destroyed || stream.closed) return;
+          const pseudo: OutgoingHttpHeaders = connect && protocol === undefined
+            ? { ':method': 'CONNECT', ':authority': authority ?? '' }
+            : {
+                ':method': method ?? 'GET',
+                ':path': headers[':path'] ?? '/',
+                ':authority': authority ?? admitted.clusterId,
+                ':scheme': 'https',
+                ...(protocol === undefined ? {} : { ':protocol': protocol }),
+              };
+          this.forward(admitted.clusterId, this.tunnelHeaders(headers, admitted, stream.session?.socket?.remoteAddress, 'http2', pseudo), client);
+        });
       },
       (reason: unknown) => this.rejected(client, reason),
     );

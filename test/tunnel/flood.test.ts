@@ -208,6 +208,36 @@ test.serial(`rapid reset (CVE-2023-44487): ${RAPID_RESET_STREAMS} streams opened
   peer.socket.destroy();
 });
 
+test.serial('rapid reset bursts reach neither the tunnel nor the agent: three of them leave its tunnel connections in place', async (t) => {
+  const requests = async (): Promise<number> => {
+    const metric = env.gateway.registry.getSingleMetric('tether_gateway_requests_total');
+    return metric === undefined ? 0 : (await metric.get()).values.reduce((n, v) => n + v.value, 0);
+  };
+  const tunnels = env.gateway.tunnels.all().map((tunnel) => tunnel.id).sort();
+  const before = await requests();
+  const block = headerBlock([
+    [':method', 'GET'],
+    [':scheme', 'http'],
+    [':path', '/rapid-reset'],
+    [':authority', 'c1.tether.localhost'],
+    ['authorization', `Bearer ${token}`],
+  ]);
+  for (let burst = 0; burst < 3; burst++) {
+    const { peer, server } = await acceptedSocket(rawClient);
+    const frames: Buffer[] = [];
+    for (let i = 0; i < RAPID_RESET_STREAMS; i++) frames.push(headersFrame(1 + 2 * i, block, { endStream: true }), rstStreamFrame(1 + 2 * i, 8));
+    peer.write(Buffer.concat(frames));
+    await closedWithin(server, CUT_OFF_MS, `burst ${burst}`);
+    peer.socket.destroy();
+  }
+  // Each stream was reset in the read that brought it: none became a tunnel stream (the agent's
+  // nghttp2 drops a connection that resets more than 1,000 streams, then 33 a second).
+  const opened = (await requests()) - before;
+  t.log(`tunnel streams opened for 3 x ${RAPID_RESET_STREAMS} reset streams: ${opened}`);
+  t.true(opened <= 10, `${opened} tunnel streams opened`);
+  t.deepEqual(env.gateway.tunnels.all().map((tunnel) => tunnel.id).sort(), tunnels, 'the same tunnel connections');
+});
+
 for (const kind of ['PING', 'SETTINGS'] as const) {
   test.serial(`${kind} flood from a client: ${FLOOD_FRAMES} frames, their ACKs never read`, async (t) => {
     const before = await sessionErrors();
