@@ -666,6 +666,10 @@ function rawResponder(socket: Duplex, metrics: GatewayMetrics): {
       const body = `${code}: ${message}\n`;
       head(statusOf(code), { ...extra, 'content-type': 'text/plain; charset=utf-8', 'content-length': String(Buffer.byteLength(body)), [H_ERROR]: code });
       socket.end(body);
+      // Taken from the HTTP parser (upgrade, CONNECT), the socket reads nothing by itself: what
+      // the client still sends would sit unread, its close would never be seen, and the
+      // connection would stay open for good. Read on, and drop what comes.
+      socket.resume();
     },
   };
 }

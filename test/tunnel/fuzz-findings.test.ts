@@ -19,10 +19,11 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import * as http from 'node:http';
 import * as http2 from 'node:http2';
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 import { PREFACE, RawPeer, SETTINGS_ACK, dataFrame, frame, headerBlock, headersFrame, logPeer, pingFrame, settingsFrame } from '../fuzz/h2-wire.js';
 import { startFakeGateway } from '../fuzz/tunnel-cases.js';
 import { failOnLeaks } from '../helpers/leaks.js';
-import { closeH2, connectH2, h2Request, plainH1Request } from '../helpers/tunnel-clients.js';
+import { closeH2, connectH2, h2Request, plainH1Request, splitHostPort } from '../helpers/tunnel-clients.js';
 import { startTunnelEnv, type TunnelEnv } from '../helpers/tunnel-env.js';
 import type { Upstream } from '../helpers/tunnel-upstreams.js';
 
@@ -535,5 +536,60 @@ test.serial('a request with more header fields than the tunnel carries is refuse
     t.regex(outcome, /^reset /, outcome);
   } finally {
     await closeH2(session);
+  }
+});
+
+test.serial('a refused WebSocket upgrade or CONNECT leaves no connection open at the gateway once the client has closed', async (t) => {
+  const token = await env.token(['c1'], 'alice');
+  const plain = new URL(env.gateway.plainUrl ?? '');
+  const cases = [
+    // No Sec-WebSocket-Key: refused before admission (400), with a pipelined request behind it,
+    // complete or not.
+    'GET /ws HTTP/1.1\r\nhost: c1.tether.localhost\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nGET /next HTTP/1.1\r\nhost: c1.tether.localhost\r\n\r\n',
+    'GET /ws HTTP/1.1\r\nhost: c1.tether.localhost\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nGET /next HTTP/1.1\r\nhost: c1.tether.localhost\r\n',
+    // Another protocol than WebSocket.
+    `GET / HTTP/1.1\r\nhost: c1.tether.localhost\r\nauthorization: Bearer ${token}\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n`,
+    // CONNECT without a token: refused by admission (401).
+    `CONNECT ${tcpTarget} HTTP/1.1\r\nhost: ${tcpTarget}\r\ntether-cluster: c1\r\n\r\nmore bytes`,
+    // An upgrade without Host: refused before admission (400).
+    'GET /ws HTTP/1.1\r\ntether-cluster: c1\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nmore bytes',
+  ];
+  const [tlsHost, tlsPort] = splitHostPort(env.gateway.address);
+  for (const [bytes, secure] of cases.flatMap((c): Array<[string, boolean]> => [[c, false], [c, true]])) {
+    const accepted = nextAcceptedSocket();
+    const client = secure
+      ? tls.connect({ host: tlsHost, port: tlsPort, servername: 'localhost', ca: env.pki.trustBundlePem, ALPNProtocols: ['http/1.1'] })
+      : net.connect(Number(plain.port), plain.hostname);
+    client.on('error', () => undefined);
+    // The gateway's end: the TCP socket it accepted (under TLS, the one the TLS socket wraps).
+    const server = await accepted;
+    if (secure) await new Promise<void>((resolve) => client.once('secureConnect', () => resolve()));
+    let received = '';
+    const answered = new Promise<void>((resolve) => {
+      client.on('data', (chunk: Buffer) => {
+        received += chunk.toString('latin1');
+        if (/\r\n\r\n[^\n]*\n$/.test(received)) resolve();
+      });
+    });
+    // The head first; what follows it only once the answer is in (after the gateway took the
+    // socket from its HTTP parser).
+    const split = bytes.indexOf('\r\n\r\n') + 4;
+    client.write(bytes.slice(0, split));
+    await answered;
+    if (split < bytes.length) client.write(bytes.slice(split));
+    const what = `${secure ? 'TLS' : 'plain'} ${bytes.split('\r\n')[0]}`;
+    t.regex(received, /^HTTP\/1\.1 4\d\d /, what);
+    // The client has its answer and closes; the gateway must see that and close its end.
+    client.end();
+    const closed = await new Promise<boolean>((resolve) => {
+      if (server.destroyed) return resolve(true);
+      const timer = setTimeout(() => resolve(false), WAIT_MS);
+      server.once('close', () => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+    t.true(closed, `${what}: the gateway's end still open ${WAIT_MS} ms after the client closed`);
+    client.destroy();
   }
 });
