@@ -91,7 +91,7 @@ const SUBJECT = 'alice';
  * refusals (bytes the gateway passed on that a strict server would not take) from the gateway's
  * answers. Its head limit is above the gateway's, so the gateway's limit is the one that applies.
  */
-async function startFuzzUpstream(inspect: (req: http.IncomingMessage) => void): Promise<Upstream> {
+export async function startFuzzUpstream(inspect: (req: http.IncomingMessage) => void): Promise<Upstream> {
   const seen: http.IncomingHttpHeaders[] = [];
   const server = http.createServer({ maxHeaderSize: 256 * 1024 }, (req, res) => {
     seen.push(req.headers);
