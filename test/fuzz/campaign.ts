@@ -15,6 +15,7 @@
  * seed and target) replays it alone.
  */
 import * as http from 'node:http';
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import * as net from 'node:net';
 import type { Agent } from '../../agent/index.js';
 import type { Gateway } from '../../gateway/index.js';
@@ -39,8 +40,10 @@ export interface CampaignOptions {
   lanes?: number;
   /** Cases per batch (a health check after each). */
   batch?: number;
-  /** Replay this one case index (of the first target given) and nothing else. */
-  only?: number;
+  /** Replay these case indexes (of the first target given) and nothing else, then one health check. */
+  only?: number[];
+  /** The gateway's binding mode (default: the test environment's, `TETHER_TEST_BINDING`). */
+  binding?: 'connection' | 'request';
   /** Stop after this many failures. */
   maxFailures?: number;
   log?: (line: string) => void;
@@ -50,6 +53,8 @@ export interface Failure {
   target: TargetName | 'health';
   index: number;
   message: string;
+  /** A health check's failure: the batch before it (its target and last case). */
+  after?: { target: TargetName; last: number };
 }
 
 export interface TargetReport {
@@ -79,6 +84,10 @@ export interface FuzzEnv {
   ports: GatewayPorts;
   /** Token for c1, c2 and c3, subject alice. */
   token: string;
+  /** Connections the gateway accepted on its client ports since the last health check. */
+  accepted: Set<net.Socket>;
+  /** The tunnel connections of c1's agent at the start: no client's bytes may cost it one. */
+  agentTunnels: string;
   close(): Promise<void>;
 }
 
@@ -135,7 +144,7 @@ export async function startFuzzUpstream(inspect: (req: http.IncomingMessage) => 
 const HEALTH_MS = 10_000;
 
 /** The gateway, an agent for c1 routing to a marking upstream, and the checks on what reaches it. */
-export async function startFuzzEnv(): Promise<FuzzEnv> {
+export async function startFuzzEnv(binding?: 'connection' | 'request'): Promise<FuzzEnv> {
   const violations: string[] = [];
   const upstream = await startFuzzUpstream((req) => {
     const subject = req.headers['tether-subject'];
@@ -148,21 +157,34 @@ export async function startFuzzEnv(): Promise<FuzzEnv> {
     clusters: ['c1', 'c2', 'c3'],
     // Client HTTP/2 sessions the gateway must close (idle, or no longer answering PINGs) go
     // within seconds, not the default two minutes: the health check waits for their streams.
-    gateway: { clientIdleTimeoutMs: 2_000 },
+    // Agents get a port of their own, so every connection to the client ports is a client's.
+    gateway: { clientIdleTimeoutMs: 2_000, agentListen: { host: '127.0.0.1', port: 0 }, ...(binding === undefined ? {} : { binding }) },
     agents: [{ clusterId: 'c1', agentId: 'a1', routes: [{ prefix: '/', upstream: upstream.url }] }],
   });
   const gateway = env.gateway;
   const [host, tlsPort] = splitHostPort(gateway.address);
   const plain = new URL(gateway.plainUrl ?? 'http://127.0.0.1:0');
   const token = await env.token(['c1', 'c2', 'c3'], SUBJECT);
+  const ports = { host, tlsPort, plainPort: Number(plain.port), ca: env.pki.trustBundlePem };
+  // Every connection the gateway accepts on its client ports, until a health check saw it closed.
+  const accepted = new Set<net.Socket>();
+  const onSocket = (message: unknown): void => {
+    const socket = (message as { socket: net.Socket }).socket;
+    if (socket.localPort === ports.plainPort || socket.localPort === ports.tlsPort) accepted.add(socket);
+  };
+  subscribe('net.server.socket', onSocket);
+  const agentTunnels = tunnelsOf(gateway, 'a1');
   return {
     env,
     gateway,
     upstream,
     upstreamViolations: violations,
-    ports: { host, tlsPort, plainPort: Number(plain.port), ca: env.pki.trustBundlePem },
+    ports,
     token,
+    accepted,
+    agentTunnels,
     close: async () => {
+      unsubscribe('net.server.socket', onSocket);
       await env.close();
       await upstream.close();
     },
@@ -246,6 +268,16 @@ function expectServed(reply: Reply, what: string): void {
 
 const tunnelStreams = (gateway: Gateway): number => gateway.tunnels.all().reduce((n, t) => n + t.activeStreams, 0);
 
+/** The gateway's tunnel connections of one agent, by id. */
+function tunnelsOf(gateway: Gateway, agentId: string): string {
+  return gateway.tunnels
+    .all()
+    .filter((t) => t.agentId === agentId)
+    .map((t) => t.id)
+    .sort((a, b) => a - b)
+    .join(',');
+}
+
 /**
  * The gateway still serves normal authenticated requests (HTTP/1.1 plain and TLS, h2c), every
  * tunnel stream has closed, and the upstream saw nothing it should not have.
@@ -271,6 +303,17 @@ export async function healthCheck(fuzz: FuzzEnv, extra?: () => Promise<void>): P
     await new Promise<void>((resolve) => setTimeout(resolve, 20));
   }
   if (fuzz.upstreamViolations.length > 0) throw new FuzzFailure(`health: the upstream saw ${fuzz.upstreamViolations.splice(0).join('; ')}`);
+  // Every client connection of the batch (and of the checks above) is closed: the gateway closed
+  // those it refused or cut off, and saw the others' close (idle HTTP/2 sessions and sessions that
+  // no longer answer PINGs go within seconds here).
+  const open = (): number => [...fuzz.accepted].filter((socket) => !socket.destroyed).length;
+  while (open() > 0) {
+    if (Date.now() > deadline + HEALTH_MS) throw new FuzzFailure(`health: ${open()} client connection(s) still open at the gateway after the batch`);
+    await new Promise<void>((resolve) => setTimeout(resolve, 20));
+  }
+  fuzz.accepted.clear();
+  const tunnels = tunnelsOf(gateway, 'a1');
+  if (tunnels !== fuzz.agentTunnels) throw new FuzzFailure(`health: c1's agent lost tunnel connections (${fuzz.agentTunnels} then ${tunnels})`);
 }
 
 /** `tether_gateway_request_errors_total` by code, now. */
@@ -296,7 +339,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
   const batchSize = options.batch ?? 24;
   const maxFailures = options.maxFailures ?? 10;
   const log = options.log ?? ((): void => undefined);
-  const fuzz = await startFuzzEnv();
+  const fuzz = await startFuzzEnv(options.binding);
   const report: CampaignReport = { seed: options.seed, binding: fuzz.gateway.config.binding, cases: 0, batches: 0, targets: {}, failures: [], metricErrors: {} };
   const metricsAtStart = await errorCounts(fuzz.gateway);
   let index = 0;
@@ -313,8 +356,8 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
         while (report.failures.length < maxFailures) {
           if (options.only === undefined && Date.now() >= end) break;
           const batch: number[] = [];
-          if (options.only !== undefined) batch.push(options.only);
-          else for (let i = 0; i < batchSize; i++) batch.push(index++);
+          if (options.only !== undefined) batch.push(...options.only);
+          else for (let i = 0, n = target.concurrent ? batchSize : Math.ceil(batchSize / 3); i < n; i++) batch.push(index++);
           const before = await errorCounts(fuzz.gateway);
           const answered: Record<string, number> = {};
           const runOne = async (i: number): Promise<void> => {
@@ -339,14 +382,14 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
             await Promise.all(
               Array.from({ length: Math.min(lanes, queue.length) }, async () => {
                 for (let i = queue.shift(); i !== undefined; i = queue.shift()) {
-                  if (options.only === undefined && Date.now() >= end + 2_000) break;
+                  if (options.only === undefined && Date.now() >= end) break;
                   await runOne(i);
                 }
               }),
             );
           } else {
             for (const i of batch) {
-              if (options.only === undefined && Date.now() >= end + 2_000) break;
+              if (options.only === undefined && Date.now() >= end) break;
               await runOne(i);
             }
           }
@@ -362,7 +405,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRep
             }
           } catch (reason) {
             const message = reason instanceof Error ? reason.message : String(reason);
-            report.failures.push({ target: 'health', index: batch[0] ?? -1, message: `after ${name} cases ${batch[0]}..${batch[batch.length - 1]}: ${message}` });
+            report.failures.push({ target: 'health', index: batch[0] ?? -1, message: `after ${name} cases ${batch[0]}..${batch[batch.length - 1]}: ${message}`, after: { target: name, last: batch[batch.length - 1] ?? -1 } });
             log(`FAIL health after ${name} cases ${batch[0]}..${batch[batch.length - 1]} (seed ${options.seed}): ${message}`);
           }
           if (options.only !== undefined) break;

@@ -194,6 +194,8 @@ function brokenAnswer(rng: Random): { name: string; frames: (id: number) => Buff
 }
 
 export async function runFakeAgentCase(rng: Random, ctx: FakeAgentContext): Promise<CaseOutcome & { description: string }> {
+  // Tunnels registered from now on are this case's.
+  const idsBefore = Math.max(0, ...ctx.env.gateway.tunnels.all().map((t) => t.id));
   const [host, port] = splitHostPort(ctx.env.gateway.agentAddress);
   const socket = tls.connect({ host, port, servername: 'localhost', ALPNProtocols: [TUNNEL_ALPN], key: ctx.cert.key, cert: ctx.cert.cert, ca: ctx.env.pki.trustBundlePem, minVersion: 'TLSv1.3' });
   socket.on('error', () => undefined);
@@ -244,7 +246,11 @@ export async function runFakeAgentCase(rng: Random, ctx: FakeAgentContext): Prom
       return { outcome: await finish(peer, description, []), description };
     }
     // A client request through the gateway, which the case answers badly.
-    const registered = (): boolean => ctx.env.gateway.tunnels.all().some((t) => t.clusterId === 'c2' && t.agentId === 'fuzz-agent');
+    // This case's tunnel, and no other for c2 (an earlier case's may take a moment to go).
+    const registered = (): boolean => {
+      const c2 = ctx.env.gateway.tunnels.all().filter((t) => t.clusterId === 'c2');
+      return c2.length > 0 && c2.every((t) => t.id > idsBefore);
+    };
     const deadline = Date.now() + CONNECT_MS;
     while (!registered() && !peer.ended && Date.now() < deadline) await new Promise<void>((resolve) => setTimeout(resolve, 10));
     if (!registered()) throw new FuzzFailure(`${description}: the gateway did not register the fake agent's tunnel`);
