@@ -125,13 +125,13 @@ export class FrontDoor {
     this.h1.on('upgrade', (req, socket: Socket, head: Buffer) => {
       deadlines.forget(socket);
       const problem = requestProblem(req);
-      if (problem !== null) this.endWithError(socket, problem.code, problem.message);
+      if (problem !== null) this.refuseTaken(socket, problem);
       else proxy.handleHttp1Upgrade(req, socket, head);
     });
     this.h1.on('connect', (req, socket: Socket, head: Buffer) => {
       deadlines.forget(socket);
       const problem = requestProblem(req);
-      if (problem !== null) this.endWithError(socket, problem.code, problem.message);
+      if (problem !== null) this.refuseTaken(socket, problem);
       else proxy.handleHttp1Connect(req, socket, head);
     });
     this.h1.on('clientError', (error: Error & { code?: string }, socket: Socket) => this.clientError(error, socket));
@@ -327,6 +327,16 @@ export class FrontDoor {
     // Nothing is being answered, or the refused bytes are the body of the request whose answer
     // has not started: the 400 is that answer.
     this.endWithError(socket, code, error.message);
+  }
+
+  /**
+   * Refuse an upgrade or CONNECT on the socket the HTTP/1.1 parser gave up. Nothing reads that
+   * socket any more: what the client still sends would sit unread and its close would never be
+   * seen, so the connection would stay open for good. It reads on, dropping what comes.
+   */
+  private refuseTaken(socket: Socket, problem: { code: string; message: string }): void {
+    this.endWithError(socket, problem.code, problem.message);
+    socket.resume();
   }
 
   /** Answer on a raw HTTP/1.1 socket with the code's status and `tether-error`, count it, close. */

@@ -551,8 +551,9 @@ test.serial('a refused WebSocket upgrade or CONNECT leaves no connection open at
     `GET / HTTP/1.1\r\nhost: c1.tether.localhost\r\nauthorization: Bearer ${token}\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n`,
     // CONNECT without a token: refused by admission (401).
     `CONNECT ${tcpTarget} HTTP/1.1\r\nhost: ${tcpTarget}\r\ntether-cluster: c1\r\n\r\nmore bytes`,
-    // An upgrade without Host: refused before admission (400).
+    // An upgrade without Host: refused before admission (400), then more than a few bytes.
     'GET /ws HTTP/1.1\r\ntether-cluster: c1\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nmore bytes',
+    `GET /ws HTTP/1.1\r\nupgrade: h2c\r\nconnection: upgrade\r\n${Array.from({ length: 250 }, (_, i) => `x-h${i}: v\r\n`).join('')}\r\n${'x-more: bytes\r\n'.repeat(400)}`,
   ];
   const [tlsHost, tlsPort] = splitHostPort(env.gateway.address);
   for (const [bytes, secure] of cases.flatMap((c): Array<[string, boolean]> => [[c, false], [c, true]])) {
