@@ -7,7 +7,9 @@
  * With `sovereignty` configured it dials only while the customer-signed mode document says
  * `tunnel` (agent/sovereignty.ts): a switch to sovereign drains and closes every tunnel and stops
  * dialing; a signed switch back dials again. The control plane's mode claims are answered, never
- * obeyed (`answerControlPlaneMode`).
+ * obeyed (`answerControlPlaneMode`). With `sovereignty.listener` the agent also serves the
+ * sovereign listener itself (through its xDS part, `AgentXds.setSovereign`) whenever the mode is
+ * sovereign, fail-safe included, and drains it on a signed switch back to tunnel.
  */
 import { EventEmitter } from 'node:events';
 import { readFile } from 'node:fs/promises';
@@ -33,6 +35,7 @@ import type { StreamContext } from './stream-context.js';
 import { TunnelConnection, type TlsMaterial } from './tunnel-connection.js';
 import { UpstreamPools } from './upstreams.js';
 import type { AgentXds } from './router/agent-xds.js';
+import { sovereignOptionsOf } from './sovereign-listener.js';
 
 export interface AgentOptions extends AgentConfigInput {
   tls: TlsMaterial;
@@ -51,6 +54,18 @@ export interface AgentEvent {
   code?: string;
   /** `retry` only: how long the slot waits before the next dial (backoff, or the gateway's retry-after spread by jitter). */
   delayMs?: number;
+}
+
+/**
+ * The sovereign listener's state changes (`sovereignListener` event): `up` (serving; `address` is
+ * the built-in router's socket, null when only published for an Envoy), `down` (drained and
+ * stopped), `failed` (could not start or stop; `code` says why; the agent stays without a tunnel).
+ */
+export interface SovereignListenerEvent {
+  state: 'up' | 'down' | 'failed';
+  address: AddressInfo | null;
+  code?: string;
+  message?: string;
 }
 
 /** A mode the control plane claimed that the customer has not approved, as the agent answered it. */
@@ -74,6 +89,7 @@ export interface AgentEventMap {
   mode: [ModeChange];
   modeRefused: [ModeRefusal];
   modeClaim: [ModeClaim];
+  sovereignListener: [SovereignListenerEvent];
 }
 
 export class Agent implements Closable, ModeAuthority {
@@ -106,6 +122,11 @@ export class Agent implements Closable, ModeAuthority {
   private customerKey: ReturnType<typeof importCustomerPublicKey> | null = null;
   /** Slots taken out of `targets` (vanished replicas, a switch to sovereign) until they have stopped. */
   private readonly retiring = new Set<Slot>();
+  /** Whether the sovereign listener is served now (`sovereignty.listener`), and the last failure. */
+  private sovereignServing = false;
+  private sovereignFailure: { code: string; message: string } | null = null;
+  /** Sovereign listener starts and stops, one at a time, in order. Never rejects. */
+  private listenerWork: Promise<void> = Promise.resolve();
 
   constructor(options: AgentOptions) {
     const { tls, logger, registry, ...rest } = options;
@@ -239,6 +260,7 @@ export class Agent implements Closable, ModeAuthority {
       if (document.mode === 'sovereign') this.enterSovereign();
       else for (const address of this.seeds) this.addTarget(address);
       this.changed();
+      void this.followSovereignListener();
     }
     this.events.emit('mode', change);
   }
@@ -267,6 +289,67 @@ export class Agent implements Closable, ModeAuthority {
     return this.metrics.registry;
   }
 
+  /**
+   * Where the sovereign listener listens (the built-in router's front, `sovereignty.listener`
+   * with port 0 picks one), or null when it is not served (tunnel mode, not configured, stopped,
+   * or published for an Envoy only).
+   */
+  get sovereignAddress(): AddressInfo | null {
+    return this.xdsPart?.sovereignFront?.address ?? null;
+  }
+
+  /** True while the sovereign listener is served (or published for an Envoy). */
+  get sovereignListening(): boolean {
+    return this.sovereignServing;
+  }
+
+  /**
+   * Bring the sovereign listener in line with the mode: served while the mode is sovereign (and
+   * `sovereignty.listener` is set), drained and stopped otherwise. Queued behind earlier changes;
+   * resolves with the failure, if this change failed (it is also logged, counted and emitted).
+   */
+  private followSovereignListener(): Promise<TetherError | null> {
+    const work = this.listenerWork.then(() => this.applySovereignListener());
+    this.listenerWork = work.then(() => undefined);
+    return work;
+  }
+
+  private async applySovereignListener(): Promise<TetherError | null> {
+    const listener = this.config.sovereignty?.listener;
+    const xds = this.xdsPart;
+    // Stopping: drain()/close() take the xDS part (and its front) down themselves.
+    if (listener === undefined || xds === null || this.stopped) return null;
+    const wanted = this.mode === 'sovereign';
+    if (wanted === this.sovereignServing) return null;
+    const action = wanted ? 'start' : 'stop';
+    const seq = this.modeDocument?.seq ?? 0;
+    try {
+      if (wanted) await xds.setSovereign(await sovereignOptionsOf(listener));
+      else await xds.setSovereign(null, this.config.sovereignty?.drainGraceMs ?? this.config.drainGraceMs);
+    } catch (reason) {
+      const error = TetherError.from(reason, 'SOVEREIGN_LISTENER_FAILED');
+      // A listener that did not come up is not left published either.
+      if (wanted) await xds.setSovereign(null, 0).catch((cleanup: unknown) => this.logger.warn({ err: cleanup }, 'withdrawing the sovereign listener failed'));
+      this.sovereignFailure = { code: error.code, message: error.rawMessage };
+      this.metrics.sovereignListenerChanges.inc({ action, result: error.code });
+      this.logger.error({ audit: 'agent.sovereign.listener', action, code: error.code, seq, listener: listener.name }, `the sovereign listener could not ${action}: ${error.rawMessage}`);
+      this.events.emit('sovereignListener', { state: 'failed', address: this.sovereignAddress, code: error.code, message: error.rawMessage });
+      return error;
+    }
+    this.sovereignServing = wanted;
+    this.sovereignFailure = null;
+    this.metrics.sovereignListenerUp.set(wanted ? 1 : 0);
+    this.metrics.sovereignListenerChanges.inc({ action, result: 'ok' });
+    const address = this.sovereignAddress;
+    const where = address === null ? (wanted ? 'published over xDS for an Envoy' : '') : `${address.address}:${address.port}`;
+    this.logger.warn(
+      { audit: 'agent.sovereign.listener', action, listener: listener.name, seq, ...(address === null ? {} : { address: address.address, port: address.port }) },
+      wanted ? `sovereign mode: serving the sovereign listener ${where}` : 'tunnel mode: the sovereign listener is drained and stopped',
+    );
+    this.events.emit('sovereignListener', { state: wanted ? 'up' : 'down', address });
+    return null;
+  }
+
   /** Start dialing; resolves once the admin server (if any) listens, not when tunnels are up. */
   async start(): Promise<void> {
     if (this.config.admin !== undefined) {
@@ -284,6 +367,9 @@ export class Agent implements Closable, ModeAuthority {
     await this.startLocalMode();
     this.setModeGauge();
     if (this.mode === 'tunnel') for (const address of this.seeds) this.addTarget(address);
+    // Sovereign at start (fail-safe included): the listener is up before start() resolves.
+    const failure = await this.followSovereignListener();
+    if (failure !== null) throw failure;
   }
 
   get adminAddress(): AddressInfo | null {
@@ -332,11 +418,23 @@ export class Agent implements Closable, ModeAuthority {
     const live = this.liveConnections();
     const byGateway: Record<string, number> = {};
     for (const c of live) byGateway[c.gatewayId ?? 'unknown'] = (byGateway[c.gatewayId ?? 'unknown'] ?? 0) + 1;
-    // Sovereign: having no tunnel is the job; ready unless stopping.
+    // Sovereign: having no tunnel is the job; ready unless stopping (and, with a listener configured, while it is served).
     const mode = this.mode;
+    const listener = this.config.sovereignty?.listener !== undefined;
+    const sovereignReady = mode === 'sovereign' && (!listener || this.sovereignServing);
+    const address = this.sovereignAddress;
     return {
-      ready: (live.length > 0 || mode === 'sovereign') && !this.stopped,
-      details: { mode, modeSeq: this.modeDocument?.seq ?? 0, readyConnections: live.length, gateways: byGateway, knownGateways: [...this.targets.keys()] },
+      ready: (live.length > 0 || sovereignReady) && !this.stopped,
+      details: {
+        mode,
+        modeSeq: this.modeDocument?.seq ?? 0,
+        readyConnections: live.length,
+        gateways: byGateway,
+        knownGateways: [...this.targets.keys()],
+        ...(listener
+          ? { sovereignListener: { serving: this.sovereignServing, ...(address === null ? {} : { address: `${address.address}:${address.port}` }), ...(this.sovereignFailure === null ? {} : { failure: this.sovereignFailure.code }) } }
+          : {}),
+      },
     };
   }
 
@@ -441,21 +539,33 @@ export class Agent implements Closable, ModeAuthority {
   private async drainNow(graceMs: number): Promise<void> {
     this.stopped = true;
     await this.localMode?.close();
+    await this.listenerWork;
     this.changed();
     const all = [...this.targets.values()].flat().concat([...this.retiring]);
     await Promise.all(all.map((slot) => slot.stop(graceMs)));
     await this.pools.drain();
     await this.xds?.drain();
+    this.listenerStopped();
     await this.admin?.drain();
+  }
+
+  /** The xDS part (and the front with it) is down. */
+  private listenerStopped(): void {
+    if (!this.sovereignServing) return;
+    this.sovereignServing = false;
+    this.metrics.sovereignListenerUp.set(0);
+    this.logger.info({ listener: this.config.sovereignty?.listener?.name }, 'agent stopping: the sovereign listener is closed');
   }
 
   readonly close = once(async (): Promise<void> => {
     this.stopped = true;
     await this.localMode?.close();
+    await this.listenerWork;
     const all = [...this.targets.values()].flat().concat([...this.retiring]);
     await Promise.all(all.map((slot) => slot.stop(0)));
     await this.pools.close();
     await this.xds?.close();
+    this.listenerStopped();
     await this.admin?.close();
     this.changed();
   });

@@ -25,6 +25,10 @@ export class AgentMetrics {
   readonly modeDocuments: Counter<'result'>;
   /** Modes the control plane claimed: `agreed`, or the agent's answer (`CLUSTER_SOVEREIGN`, `MODE_NOT_APPROVED`). */
   readonly modeClaims: Counter<'claimed' | 'result'>;
+  /** 1 while the agent serves (or publishes, for an Envoy) its sovereign listener, else 0. */
+  readonly sovereignListenerUp: Gauge;
+  /** Sovereign listener starts and stops, by action (`start`, `stop`) and result (`ok`, or the failure code). */
+  readonly sovereignListenerChanges: Counter<'action' | 'result'>;
   /**
    * Labelled children resolved once, for the per-chunk and per-stream paths: prom-client's
    * `labels()` hashes the labels and builds an object with seven bound methods on every call.
@@ -64,6 +68,8 @@ export class AgentMetrics {
     this.modeSeq = new Gauge({ name: 'tether_agent_mode_document_seq', help: 'Sequence of the customer-signed mode document in force (0: none).', registers });
     this.modeDocuments = new Counter({ name: 'tether_agent_mode_documents_total', help: 'Mode documents read, by result (accepted, or the refusal code).', labelNames: ['result'], registers });
     this.modeClaims = new Counter({ name: 'tether_agent_mode_claims_total', help: 'Modes claimed by the control plane, by claimed mode and result (agreed, CLUSTER_SOVEREIGN, MODE_NOT_APPROVED).', labelNames: ['claimed', 'result'], registers });
+    this.sovereignListenerUp = new Gauge({ name: 'tether_agent_sovereign_listener_up', help: "1 while the agent serves its sovereign listener (customer's mode sovereign), else 0.", registers });
+    this.sovereignListenerChanges = new Counter({ name: 'tether_agent_sovereign_listener_changes_total', help: 'Sovereign listener starts and stops, by action (start, stop) and result (ok, or the failure code).', labelNames: ['action', 'result'], registers });
     // Counted per chunk: plain numbers, handed to prom-client when collected.
     const deferredBytes = this.deferredBytes;
     this.bytes = new Counter({

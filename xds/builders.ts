@@ -237,6 +237,11 @@ export interface SovereignListenerSpec {
   rbac: { action?: 'ALLOW' | 'DENY'; policies: Record<string, { principals: PrincipalSpec[]; permissions?: PermissionSpec[] }> };
   /** Refuse PROXY protocol v1 or v2 (default: both accepted). */
   disallowProxyVersions?: Array<'V1' | 'V2'>;
+  /**
+   * Accept connections without a PROXY header (Envoy's `allow_requests_without_proxy_protocol`;
+   * the connected peer is then the client). Default false: a connection without one is refused.
+   */
+  allowWithoutProxyProtocol?: boolean;
 }
 
 export const DEFAULT_JWT_PROVIDER = 'customer-idp';
@@ -349,6 +354,7 @@ export function sovereignListener(spec: SovereignListenerSpec): Listener {
   });
   const proxyProtocol = create(ProxyProtocolSchema, {
     disallowedVersions: (spec.disallowProxyVersions ?? []).map((v) => (v === 'V1' ? ProxyProtocolConfig_Version.V1 : ProxyProtocolConfig_Version.V2)),
+    allowRequestsWithoutProxyProtocol: spec.allowWithoutProxyProtocol ?? false,
   });
   return create(ListenerSchema, {
     name: spec.name,

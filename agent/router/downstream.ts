@@ -5,13 +5,13 @@
  * for a router whose front enforces them (the sovereign front, `compileListener(l, { downstream:
  * true })`); a router behind the tunnel keeps refusing these fields, since nothing would apply them.
  */
-import { BlockList, isIP } from 'node:net';
 import type { Listener } from '../../xds/gen/envoy/config/listener/v3/listener_pb.js';
 import { ListenerFilterSchema } from '../../xds/gen/envoy/config/listener/v3/listener_components_pb.js';
 import { SocketAddress_Protocol, SocketAddressSchema } from '../../xds/gen/envoy/config/core/v3/address_pb.js';
 import type { HttpConnectionManager } from '../../xds/gen/envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager_pb.js';
 import { JWT_AUTHN_TYPE_URL, PROXY_PROTOCOL_FILTER, PROXY_PROTOCOL_TYPE_URL, RBAC_TYPE_URL, ROUTER_TYPE_URL } from '../../xds/references.js';
 import { compileDownstreamTls } from './downstream-tls.js';
+import { listenAddressProblem } from './listen-address.js';
 import type { DownstreamTls } from './downstream-tls.js';
 import { join, onlyFields } from './fields.js';
 import type { Problem } from './fields.js';
@@ -22,6 +22,8 @@ import type { ProxyProtocolPolicy } from './proxy-protocol.js';
 import { compileRbac } from './rbac.js';
 import type { CompiledRbac } from './rbac.js';
 
+export { listenAddressProblem } from './listen-address.js';
+
 export type HttpSecurityFilter = { kind: 'jwt_authn'; name: string; config: JwtAuthnConfig } | { kind: 'rbac'; name: string; config: CompiledRbac };
 
 export interface CompiledDownstream {
@@ -31,30 +33,6 @@ export interface CompiledDownstream {
   tls: DownstreamTls;
   /** jwt_authn and rbac, in the order the HCM lists them (disabled filters left out). */
   filters: HttpSecurityFilter[];
-}
-
-/**
- * Addresses a front may listen on: loopback, and private ranges a cluster network uses (RFC 1918,
- * RFC 6598 shared space, IPv6 unique-local). Never a wildcard (it would include public interfaces).
- */
-const IN_CLUSTER = (() => {
-  const list = new BlockList();
-  list.addSubnet('127.0.0.0', 8, 'ipv4');
-  list.addSubnet('10.0.0.0', 8, 'ipv4');
-  list.addSubnet('172.16.0.0', 12, 'ipv4');
-  list.addSubnet('192.168.0.0', 16, 'ipv4');
-  list.addSubnet('100.64.0.0', 10, 'ipv4');
-  list.addAddress('::1', 'ipv6');
-  list.addSubnet('fc00::', 7, 'ipv6');
-  return list;
-})();
-
-/** Why `host` is not a listen address for a front, or null when it is. */
-export function listenAddressProblem(host: string): string | null {
-  const family = isIP(host);
-  if (family === 0) return `"${host}" is not an IP address literal`;
-  if (!IN_CLUSTER.check(host, family === 4 ? 'ipv4' : 'ipv6')) return `"${host}" is not a loopback or in-cluster (private) address`;
-  return null;
 }
 
 /** The listener-level pieces: address, listener filters, the chain's TLS. */

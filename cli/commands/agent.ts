@@ -1,7 +1,8 @@
 /**
  * `tether agent --config F`: runs the agent's tunnel side from a YAML file (see agent/options.ts;
  * `tls` holds the workload certificate and the trust bundle for the gateways' certificates;
- * `sovereignty` file paths, like the `tls` ones, are relative to the config file).
+ * `sovereignty` file paths, the sovereign listener's certificate, key and JWKS files included, like
+ * the `tls` ones, are relative to the config file).
  */
 import { dirname, resolve } from 'node:path';
 import type { Command } from 'commander';
@@ -21,9 +22,26 @@ export function registerAgentCommand(program: Command): void {
       const sovereignty = config.sovereignty;
       if (typeof sovereignty === 'object' && sovereignty !== null && !Array.isArray(sovereignty)) {
         const fields = { ...(sovereignty as Record<string, unknown>) };
-        for (const name of ['customerKeyFile', 'modeFile', 'stateFile']) {
-          const value = fields[name];
-          if (typeof value === 'string') fields[name] = resolve(dirname(resolve(opts.config)), value);
+        const base = dirname(resolve(opts.config));
+        const relative = (record: Record<string, unknown>, names: string[]): void => {
+          for (const name of names) {
+            const value = record[name];
+            if (typeof value === 'string') record[name] = resolve(base, value);
+          }
+        };
+        const object = (value: unknown): Record<string, unknown> | null => (typeof value === 'object' && value !== null && !Array.isArray(value) ? { ...(value as Record<string, unknown>) } : null);
+        relative(fields, ['customerKeyFile', 'modeFile', 'stateFile']);
+        // The sovereign listener's certificate, key and JWKS files too.
+        const listener = object(fields.listener);
+        if (listener !== null) {
+          const tls = object(listener.tls);
+          if (tls !== null) relative(tls, ['certFile', 'keyFile']);
+          const jwt = object(listener.jwt);
+          const jwks = object(jwt?.jwks);
+          if (jwks !== null) relative(jwks, ['file']);
+          listener.tls = tls ?? listener.tls;
+          if (jwt !== null) listener.jwt = { ...jwt, ...(jwks === null ? {} : { jwks }) };
+          fields.listener = listener;
         }
         config.sovereignty = fields;
       }
@@ -34,7 +52,9 @@ export function registerAgentCommand(program: Command): void {
       const adminText = admin === null ? '' : `; admin on http://${admin.address}:${admin.port}`;
       if (agent.mode === 'sovereign') {
         const seq = agent.modeDocument?.seq;
-        process.stdout.write(`agent in sovereign mode (${seq === undefined ? 'no valid customer-signed mode document' : `customer-signed document seq ${seq}`}): no tunnel is dialed${adminText}\n`);
+        const listening = agent.sovereignAddress;
+        const listenerText = listening === null ? '' : `; sovereign listener on ${listening.address}:${listening.port}`;
+        process.stdout.write(`agent in sovereign mode (${seq === undefined ? 'no valid customer-signed mode document' : `customer-signed document seq ${seq}`}): no tunnel is dialed${listenerText}${adminText}\n`);
       } else process.stdout.write(`agent dialing ${agent.config.gateways.join(', ')}${adminText}\n`);
       handleSignals({ services: [agent], graceMs: agent.config.drainGraceMs, logger });
     });
