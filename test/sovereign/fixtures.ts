@@ -287,12 +287,13 @@ export interface Reply {
 }
 
 /**
- * One HTTP/1.1 request over TLS to `port`, after writing `preamble` (a PROXY header) in clear.
- * Rejects when the connection is closed before a response (a refused connection).
+ * One HTTP/1.1 request over TLS to `port` (on `host`, default 127.0.0.1), after writing
+ * `preamble` (a PROXY header) in clear. Rejects when the connection is closed before a response
+ * (a refused connection).
  */
-export function sovereignRequest(port: number, ca: string, options: { preamble?: Buffer; path?: string; headers?: Record<string, string>; servername?: string; tls?: tls.ConnectionOptions } = {}): Promise<Reply> {
+export function sovereignRequest(port: number, ca: string, options: { host?: string; preamble?: Buffer; path?: string; headers?: Record<string, string>; servername?: string; tls?: tls.ConnectionOptions } = {}): Promise<Reply> {
   return new Promise((resolve, reject) => {
-    const raw = net.connect(port, '127.0.0.1');
+    const raw = net.connect(port, options.host ?? '127.0.0.1');
     raw.once('error', reject);
     raw.once('connect', () => {
       if (options.preamble !== undefined) raw.write(options.preamble);
