@@ -4,7 +4,8 @@
  * request's path, connects to its upstream, answers 200 with the paths that route serves
  * (`tether-bind-scope`), and relays bytes both ways until either side closes. A route that binds
  * per request (or the built-in router, whose routes carry per-request policy) refuses with 421, and
- * the gateway carries that connection's requests one by one.
+ * the gateway carries that connection's requests one by one. An HTTP/2 client connection
+ * (`BIND_PROTOCOL_H2`) binds only to an `h2c://` route, an HTTP/1.1 one only to the others.
  *
  * `BoundStreams` remembers which route each bound stream took, so that a route removed or changed
  * by `Agent.setRoutes` closes its bound connections.
@@ -14,7 +15,7 @@ import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import * as http2 from 'node:http2';
 import * as tls from 'node:tls';
 import { TetherError } from '../common/errors.js';
-import { H_BIND_SCOPE } from '../gateway/tunnel/index.js';
+import { BIND_PROTOCOL_H2, H_BIND_SCOPE } from '../gateway/tunnel/index.js';
 import type { Route, RouteTable } from './routes.js';
 import { fail, upstreamCode, upstreamTls, type StreamContext } from './stream-context.js';
 import { splice } from './splice.js';
@@ -48,7 +49,9 @@ export class BoundStreams {
 export function handleBindStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ctx: StreamContext, setupDone: () => void): void {
   const path = headers[':path'] ?? '/';
   const route = ctx.routing ? null : ctx.routes.match(path);
-  if (route === null || route.binding !== 'connection') {
+  // HTTP/2 frames go to an upstream that speaks HTTP/2 (h2c), HTTP/1.1 bytes to one that does not.
+  const h2 = headers[':protocol'] === BIND_PROTOCOL_H2;
+  if (route === null || route.binding !== 'connection' || (route.kind === 'h2c') !== h2) {
     // Not an error: the gateway answers this connection per request (and a missing route there).
     stream.respond({ ':status': 421 }, { endStream: true });
     return;

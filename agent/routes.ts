@@ -27,7 +27,7 @@ export interface RouteConfig {
   prefix: string;
   /** `http://host:port` (HTTP/1.1, keep-alive pool), `https://…` (ALPN decides h2 or HTTP/1.1), `h2c://host:port` (HTTP/2 prior knowledge, gRPC). */
   upstream: string;
-  /** Default `connection` (`h2c://` routes are always `request`: the client's HTTP/1.1 bytes cannot go to them). */
+  /** Default `connection`. An `h2c://` route binds HTTP/2 client connections; HTTP/1.1 clients reach it per request. */
   binding?: RouteBinding;
   /** Forward the client's `authorization` header to the upstream (default false). */
   forwardCredential?: boolean;
@@ -50,7 +50,7 @@ export class RouteTable {
         }
         const kind = kindOf(url);
         if (kind === null) throw new TetherError(INVALID_ROUTE, `route ${r.prefix}: unsupported scheme ${url.protocol}`);
-        const binding: RouteBinding = kind === 'h2c' ? 'request' : (r.binding ?? 'connection');
+        const binding: RouteBinding = r.binding ?? 'connection';
         return { prefix: r.prefix, upstream: url, kind, binding, forwardCredential: r.forwardCredential === true };
       })
       .sort((a, b) => b.prefix.length - a.prefix.length);

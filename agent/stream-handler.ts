@@ -15,7 +15,7 @@ import * as tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import http2wrapper from 'http2-wrapper';
 import { TetherError } from '../common/errors.js';
-import { BIND_PROTOCOL, filterHeaders, filterResponseHeaders, relay } from '../gateway/tunnel/index.js';
+import { BIND_PROTOCOL, BIND_PROTOCOL_H2, filterHeaders, filterResponseHeaders, relay } from '../gateway/tunnel/index.js';
 import type { AgentMetrics, StreamProtocol } from './metrics.js';
 import type { Route } from './routes.js';
 import { forwardWithRetries, retriesApply } from './router/tunnel-retry.js';
@@ -37,7 +37,7 @@ export function handleTunnelStream(stream: ServerHttp2Stream, headers: IncomingH
   const method = headers[':method'];
   const protocol = headers[':protocol'];
   const kind: StreamProtocol =
-    method === 'CONNECT' ? (protocol === 'websocket' ? 'websocket' : protocol === BIND_PROTOCOL ? 'bound' : 'tcp') : isGrpc(headers) ? 'grpc' : 'http';
+    method === 'CONNECT' ? (protocol === 'websocket' ? 'websocket' : protocol === BIND_PROTOCOL || protocol === BIND_PROTOCOL_H2 ? 'bound' : 'tcp') : isGrpc(headers) ? 'grpc' : 'http';
   ctx.metrics.streamsTotal.inc({ protocol: kind });
   const active = ctx.metrics.streamsActiveFor(kind);
   active.inc();

@@ -18,6 +18,7 @@ import type { Logger } from '../common/log.js';
 import { sessionErrorReason, type GatewayMetrics } from './metrics.js';
 import type { GatewayConfig } from './options.js';
 import { BoundConnection, type BindingContext } from './binding/bound-connection.js';
+import { H2BoundConnection } from './binding/h2-bound-connection.js';
 import type { Bindings } from './binding/bindings.js';
 import { HeaderDeadlines } from './header-deadlines.js';
 import { httpReason, type ClientProxy } from './proxy.js';
@@ -86,6 +87,7 @@ export class FrontDoor {
             logger,
             deadlines,
             toPerRequest: (socket, bytes) => this.toPerRequest(socket, bytes),
+            toPerRequestH2: (socket, bytes) => this.toPerRequestH2(socket, bytes),
             draining: () => this.draining,
             track: (connection) => bindings.add(connection),
             untrack: (connection) => bindings.delete(connection),
@@ -200,7 +202,7 @@ export class FrontDoor {
       this.track(socket);
       socket.on('error', () => undefined);
       if (socket.alpnProtocol === TUNNEL_ALPN) tunnel(socket);
-      else if (socket.alpnProtocol === 'h2') this.h2.emit('connection', socket);
+      else if (socket.alpnProtocol === 'h2') this.toHttp2(socket);
       else this.toHttp1(socket);
     });
     this.tlsServer.on('tlsClientError', (reason: unknown) => logger.debug({ err: reason }, 'TLS handshake failed'));
@@ -272,6 +274,24 @@ export class FrontDoor {
     this.headerDeadlines.opened(socket);
     if (this.binding !== null) new BoundConnection(socket, this.binding);
     else this.h1.emit('connection', socket);
+  }
+
+  /** An HTTP/2 client connection: bound in binding mode (h2-bound-connection.ts), else per request. */
+  private toHttp2(socket: Socket): void {
+    if (this.binding === null) {
+      this.h2.emit('connection', socket);
+      return;
+    }
+    new H2BoundConnection(socket, this.binding);
+    socket.resume();
+  }
+
+  /** The per-request HTTP/2 server takes over `socket`, reading `bytes` (already received) first. */
+  private toPerRequestH2(socket: Socket, bytes: Buffer): void {
+    if (socket.destroyed) return;
+    socket.pause();
+    if (bytes.length > 0) socket.unshift(bytes);
+    this.h2.emit('connection', socket);
   }
 
   /** The per-request HTTP/1.1 server takes over `socket`, reading `bytes` (already received) first. */
@@ -375,7 +395,7 @@ export class FrontDoor {
             // The HTTP/2 session consumes the socket's handle and first feeds itself what is
             // already buffered (the unshifted preface), so the raw socket goes in: no wrapper
             // stream, and TCP_NODELAY (set at accept) applies to its writes.
-            this.h2.emit('connection', socket);
+            this.toHttp2(socket);
             return;
           }
           this.toHttp1(socket);

@@ -91,7 +91,7 @@ export class GatewayMetrics {
         this.inc({ result: 'miss' }, misses);
       },
     });
-    this.bindings = new Gauge({ name: 'tether_gateway_bound_connections', help: 'HTTP/1.1 client connections bound to one tunnel stream, per cluster.', labelNames: ['cluster'], registers });
+    this.bindings = new Gauge({ name: 'tether_gateway_bound_connections', help: 'Client connections (HTTP/1.1 and HTTP/2) bound to one tunnel stream, per cluster.', labelNames: ['cluster'], registers });
     this.streamRetries = new Counter({ name: 'tether_gateway_stream_retries_total', help: 'Requests re-sent on another tunnel connection after a refused stream.', registers });
   }
 }

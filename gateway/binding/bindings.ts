@@ -1,18 +1,34 @@
 /**
- * The gateway's HTTP/1.1 connections in binding mode: one sweep timer closes bound connections at
+ * The gateway's client connections in binding mode (HTTP/1.1 and HTTP/2): one sweep timer closes bound connections at
  * their token's `exp`, and the gateway's revocations, cluster removals, tunnel drains and its own
  * drain reach every binding they concern.
  */
 import type { AgentTunnel } from '../tunnel-registry.js';
-import type { BoundConnection } from './bound-connection.js';
+
+/** A client connection in binding mode, as the registry sees it. */
+export interface BoundClient {
+  readonly subject: string | null;
+  readonly clusterId: string | null;
+  readonly tunnel: AgentTunnel | null;
+  /** Bound, with nothing in flight on its tunnel stream. */
+  readonly idle: boolean;
+  /** The token's `exp` in ms since epoch (Infinity: none, or not bound yet). */
+  readonly expiresAt: number;
+  expire(code: string): void;
+  checkDeadline(now: number): void;
+  closeIfIdle(now: number): void;
+  closeGracefully(): void;
+  tunnelDraining(): void;
+  destroy(): void;
+}
 
 const SWEEP_MS = 250;
 
 export class Bindings {
-  private readonly connections = new Set<BoundConnection>();
+  private readonly connections = new Set<BoundClient>();
   private sweeper: NodeJS.Timeout | null = null;
 
-  add(connection: BoundConnection): void {
+  add(connection: BoundClient): void {
     this.connections.add(connection);
     if (this.sweeper === null) {
       this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
@@ -20,7 +36,7 @@ export class Bindings {
     }
   }
 
-  delete(connection: BoundConnection): void {
+  delete(connection: BoundClient): void {
     this.connections.delete(connection);
     if (this.connections.size === 0) this.stopSweeper();
   }

@@ -19,6 +19,7 @@ import type { ClientHttp2Stream, IncomingHttpHeaders, OutgoingHttpHeaders } from
 import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
 import type { HeaderDeadlines } from '../header-deadlines.js';
+import type { BoundClient } from './bindings.js';
 import type { GatewayMetrics } from '../metrics.js';
 import type { GatewayConfig } from '../options.js';
 import type { Admitted, ClientProxy } from '../proxy.js';
@@ -43,10 +44,12 @@ export interface BindingContext {
   deadlines: HeaderDeadlines;
   /** Hand the socket to the per-request HTTP/1.1 server; `bytes` are read there first. */
   toPerRequest(socket: Socket, bytes: Buffer): void;
+  /** The same for the per-request HTTP/2 server. */
+  toPerRequestH2(socket: Socket, bytes: Buffer): void;
   /** The gateway is draining: close bound connections after their current exchange. */
   draining(): boolean;
-  track(connection: BoundConnection): void;
-  untrack(connection: BoundConnection): void;
+  track(connection: BoundClient): void;
+  untrack(connection: BoundClient): void;
 }
 
 /** What a bound connection was authorized for, and its tunnel stream. */
@@ -75,7 +78,7 @@ interface Binding {
 /** What waits for the connection to be idle (no response outstanding). */
 type Pending = { kind: 'rebind' } | { kind: 'refuse'; code: string; message: string } | { kind: 'reauthorize' };
 
-export class BoundConnection {
+export class BoundConnection implements BoundClient {
   private requests: H1Framer;
   private binding: Binding | null = null;
   private pending: Pending | null = null;
@@ -665,7 +668,7 @@ export class BoundConnection {
   }
 }
 
-function ignoreError(): void {}
+export function ignoreError(): void {}
 
 /** Requests binding carries; the rest go per request (CONNECT, Upgrade, HTTP/1.0, absolute-form). */
 function bindable(head: RequestHead): boolean {
@@ -673,7 +676,7 @@ function bindable(head: RequestHead): boolean {
 }
 
 /** The shorter of the gateway's response timeout and the agent's upstream timeout decides, and names the code. */
-function headTimeout(gatewayMs: number, agentMs: number | undefined): Pick<Binding, 'headTimeoutMs' | 'headTimeoutCode'> {
+export function headTimeout(gatewayMs: number, agentMs: number | undefined): Pick<Binding, 'headTimeoutMs' | 'headTimeoutCode'> {
   if (agentMs !== undefined && agentMs < gatewayMs) return { headTimeoutMs: agentMs, headTimeoutCode: 'UPSTREAM_TIMEOUT' };
   return { headTimeoutMs: gatewayMs, headTimeoutCode: 'TUNNEL_TIMEOUT' };
 }

@@ -39,6 +39,12 @@ export const TunnelCodes = {
   IDENTITY_REVOKED: 401,
   /** The token that opened a bound connection expired; the connection closes. */
   BINDING_EXPIRED: 401,
+  /**
+   * A request on a bound HTTP/2 connection for another authority, token, cluster or route than
+   * the one the connection was bound to: 421, which clients retry on a new connection (RFC 9110
+   * §15.5.20), where it is admitted on its own.
+   */
+  BINDING_MISMATCH: 421,
   /** Malformed request (bad HTTP/1.1 framing, bad CONNECT target, …). */
   BAD_REQUEST: 400,
   /** The agent has no route for the request path. */

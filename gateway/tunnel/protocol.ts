@@ -31,6 +31,11 @@ export const H_CONTROL = 'tether-control';
  * refuses (any other status) and the gateway carries the connection's requests one by one.
  */
 export const BIND_PROTOCOL = 'tether-bind-h1';
+/**
+ * The same for an HTTP/2 client connection: the stream carries the client's HTTP/2 frames (its
+ * header blocks re-encoded by the gateway) to an upstream that speaks HTTP/2 (an `h2c://` route).
+ */
+export const BIND_PROTOCOL_H2 = 'tether-bind-h2';
 /** JSON `BindScope`: the request paths the bound upstream serves, and the path prefix it adds. */
 export const H_BIND_SCOPE = 'tether-bind-scope';
 

@@ -6,38 +6,10 @@
  */
 import type { Socket } from 'node:net';
 
-export const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+// The RFC's constants, shared with the gateway's own frame reader (gateway/binding/h2-frames.ts).
+export { Flag, FrameType, PREFACE, Setting } from '../../gateway/binding/h2-frames.js';
+import { Flag, FrameType, PREFACE } from '../../gateway/binding/h2-frames.js';
 
-export const FrameType = {
-  DATA: 0x0,
-  HEADERS: 0x1,
-  PRIORITY: 0x2,
-  RST_STREAM: 0x3,
-  SETTINGS: 0x4,
-  PUSH_PROMISE: 0x5,
-  PING: 0x6,
-  GOAWAY: 0x7,
-  WINDOW_UPDATE: 0x8,
-  CONTINUATION: 0x9,
-} as const;
-
-export const Flag = {
-  END_STREAM: 0x1,
-  ACK: 0x1,
-  END_HEADERS: 0x4,
-  PADDED: 0x8,
-  PRIORITY: 0x20,
-} as const;
-
-export const Setting = {
-  HEADER_TABLE_SIZE: 0x1,
-  ENABLE_PUSH: 0x2,
-  MAX_CONCURRENT_STREAMS: 0x3,
-  INITIAL_WINDOW_SIZE: 0x4,
-  MAX_FRAME_SIZE: 0x5,
-  MAX_HEADER_LIST_SIZE: 0x6,
-  ENABLE_CONNECT_PROTOCOL: 0x8,
-} as const;
 
 /** Error codes (RFC 9113 §7) by number, for messages. */
 export const ERROR_NAMES: Record<number, string> = {
