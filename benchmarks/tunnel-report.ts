@@ -97,8 +97,8 @@ const LINES: Line[] = [
 ];
 
 const H2_NOTE =
-  `${H2_MARK} h2load speaks HTTP/2 (h2c prior knowledge). The gateway's \`binding: 'connection'\` applies to HTTP/1.1 client connections only at first, ` +
-  'so until HTTP/2 connections are bound too the tether-bound column of the h2load rows shows the per-request path, like tether-request.';
+  `${H2_MARK} h2load speaks HTTP/2 (h2c prior knowledge) to the \`h2c://\` route: tether-bound binds each HTTP/2 connection to one upstream HTTP/2 connection ` +
+  '(the gateway decodes and re-encodes every request header block), tether-request carries each request on a tunnel stream of its own.';
 const CPU_NOTE = `${CPU_MARK} user + system CPU of the relay processes during the measured run (tether and minimal: gateway + agent; ssh: the client and every sshd process), per request or per MB.`;
 
 interface TargetSpec {
