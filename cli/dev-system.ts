@@ -39,6 +39,9 @@ import { once } from '../common/lifecycle.js';
 import { formatHostPort, listenAs } from '../common/listen.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { Gateway, accessAuthorizer } from '../gateway/index.js';
+import { HAPROXY_MISSING, devSovereignty, prepareDevSovereign, startDevLoadBalancer } from './dev-sovereign.js';
+import { findHaproxy } from './haproxy.js';
+import type { DevSovereignFiles } from './dev-sovereign.js';
 
 export const DEV_TRUST_DOMAIN = 'tether.local';
 export const DEV_CLUSTER = 'demo';
@@ -72,7 +75,24 @@ export interface DevOptions {
   upstream?: string;
   /** The control plane's JSON/HTTP API; port 0 picks one. Default 127.0.0.1:0. */
   controlListen?: DevListen;
+  /**
+   * Sovereign mode (`tether dev --sovereign`): the customer signs `sovereign` for the demo cluster,
+   * the agent dials no tunnel and serves its sovereign listener, and `listen` is where clients
+   * connect: HAProxy's frontend when haproxy is installed, else the listener itself.
+   */
+  sovereign?: { listen: DevListen };
   logger?: Logger;
+}
+
+/** What `tether dev --sovereign` set up. */
+export interface DevSovereign {
+  /** Where clients connect (`https://`): HAProxy's frontend, or the listener itself without it. */
+  url: string;
+  /** HAProxy in front (send-proxy-v2), or why not. */
+  haproxy: { running: true } | { running: false; missing: string };
+  /** The agent's sovereign listener. */
+  listenerUrl: string;
+  files: DevSovereignFiles;
 }
 
 export interface DevSystem extends Closable {
@@ -95,6 +115,8 @@ export interface DevSystem extends Closable {
   agentAdminUrl: string;
   gatewayAdminUrl: string;
   agentCertificate: { spiffeId: string | undefined; notAfter: Date };
+  /** With `sovereign`: the listener, the load balancer and the customer's files. */
+  sovereign: DevSovereign | null;
 }
 
 function listen(server: Server): Promise<AddressInfo> {
@@ -163,7 +185,7 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
     await control.service.registerCluster(userCaller(DEV_USER), {
       org: DEV_ORG,
       id: DEV_CLUSTER,
-      mode: 'tunnel',
+      mode: options.sovereign === undefined ? 'tunnel' : 'sovereign',
       endpoint: `${DEV_CLUSTER}.${DEV_BASE_DOMAIN}`,
       issuer: issuer.issuer,
       audience: DEV_WORKLOAD_AUDIENCE,
@@ -189,6 +211,8 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
       plainListen: { host: options.listen.host, port: options.listen.port },
       baseDomain: DEV_BASE_DOMAIN,
       clusters: [DEV_CLUSTER],
+      // Sovereign: the vendor's gateway refuses the cluster by itself too (403 CLUSTER_SOVEREIGN).
+      ...(options.sovereign === undefined ? {} : { sovereignClusters: [DEV_CLUSTER] }),
       trustDomain: DEV_TRUST_DOMAIN,
       auth: { mode: 'jwt', issuers: [{ issuer: issuer.issuer, audiences: [DEV_CLIENT_AUDIENCE], jwksUrl: issuer.jwksUri }] },
       // Who may reach the demo cluster's data plane is the control plane's RBAC graph.
@@ -236,6 +260,12 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
       logger: logger.child({ component: 'orchestration' }),
     });
     started.push(orchestration);
+    // Sovereign: the customer's key, signed document, IdP and listener certificate.
+    const sovereignListen = options.sovereign?.listen;
+    const routerHost = sovereignListen === undefined ? '127.0.0.1' : dialable(sovereignListen.host);
+    const sovereignFiles = sovereignListen === undefined ? null : await prepareDevSovereign(stateDir, DEV_CLUSTER, ca, routerHost);
+    // With HAProxy in front the listener takes any port (HAProxy takes the chosen one).
+    const haproxyBinary = sovereignFiles === null ? null : findHaproxy();
     const agent = new Agent({
       gateways: [gateway.address],
       serverName: 'localhost',
@@ -246,12 +276,30 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
       tls: { key: material.keyPem, cert: material.chainPem, ca: ca.trustBundlePem() },
       admin: { host: '127.0.0.1', port: 0 },
       drainGraceMs: 5_000,
+      ...(sovereignFiles === null || sovereignListen === undefined
+        ? {}
+        : { xds: {}, sovereignty: devSovereignty(sovereignFiles, DEV_CLUSTER, routerHost, haproxyBinary !== null ? 0 : sovereignListen.port) }),
       logger: logger.child({ component: 'agent' }),
     });
     source.subscribe((renewed) => agent.updateTls({ key: renewed.keyPem, cert: renewed.chainPem, ca: ca.trustBundlePem() }));
-    await agent.start();
-    started.push(agent);
-    await agent.waitForConnections(1, 15_000);
+    started.push(agent); // before start(): its xDS part and listener are closed when start() fails
+    if (sovereignListen === undefined) {
+      await agent.start();
+      await agent.waitForConnections(1, 15_000);
+    } else await listenAs(agent.start(), { ...sovereignListen, flag: sovereignListen.flag ?? 'sovereign.listen' });
+
+    let sovereign: DevSovereign | null = null;
+    if (sovereignFiles !== null && sovereignListen !== undefined) {
+      const router = agent.sovereignAddress;
+      if (router === null) throw new TetherError('DEV_START_FAILED', 'the agent is not serving its sovereign listener');
+      const listenerUrl = `https://${formatHostPort(routerHost, router.port)}`;
+      if (haproxyBinary !== null) {
+        const balancer = await startDevLoadBalancer(haproxyBinary, sovereignFiles.dir, sovereignListen.host, sovereignListen.port, routerHost, router.port);
+        const stopHaproxy = once(() => balancer.haproxy.stop());
+        started.push({ drain: stopHaproxy, close: stopHaproxy });
+        sovereign = { url: `https://${formatHostPort(dialable(balancer.host), balancer.port)}`, haproxy: { running: true }, listenerUrl, files: sovereignFiles };
+      } else sovereign = { url: listenerUrl, haproxy: { running: false, missing: HAPROXY_MISSING }, listenerUrl, files: sovereignFiles };
+    }
 
     const clientToken = await issuer.mint({
       subject: DEV_USER,
@@ -280,6 +328,7 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
       agentAdminUrl: adminOf(agent.adminAddress),
       gatewayAdminUrl: gateway.adminUrl ?? '',
       agentCertificate: { spiffeId: material.spiffeId, notAfter: material.notAfter },
+      sovereign,
       drain: once((graceMs?: number) => stopAll('drain', graceMs)),
       close: stop,
     };

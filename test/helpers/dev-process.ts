@@ -20,11 +20,11 @@ export interface DevProcess {
   stop(): Promise<number | null>;
 }
 
-export async function startDev(args: string[], cwd: string = REPO): Promise<DevProcess> {
+export async function startDev(args: string[], cwd: string = REPO, env: NodeJS.ProcessEnv = {}): Promise<DevProcess> {
   const child = spawn(process.execPath, [resolve(REPO, 'bin/tether.js'), 'dev', ...args], {
     cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, TETHER_LOG_LEVEL: 'warn' },
+    env: { ...process.env, TETHER_LOG_LEVEL: 'warn', ...env },
   });
   const exited = once(child, 'exit');
   // 'close' comes after 'exit' once stdout and stderr are read to their end.
