@@ -217,3 +217,22 @@ test('drain: a request in progress completes, new connections are refused', (t) 
     t.is((JSON.parse(reply.body) as Echo).path, '/data/hold');
     await drained;
   }));
+
+test('a provider with forward: true passes the verified token on to the upstream (as Envoy does); the default drops it', (t) =>
+  withRig(
+    t,
+    async (rig) => {
+      const token = await rig.idp.mint();
+      const reply = await sovereignRequest(rig.port, rig.certificate.ca, { preamble: proxyV1(CLIENT, LB_FRONTEND), headers: { authorization: `Bearer ${token}` } });
+      t.is(reply.status, 200);
+      const echo = JSON.parse(reply.body) as Echo;
+      t.is(echo.headers.authorization, `Bearer ${token}`);
+      t.is(echo.headers['x-customer-subject'], 'alice');
+    },
+    {
+      spec: (idp) => {
+        const spec = listenerSpec(idp);
+        return { ...spec, jwt: { ...spec.jwt, forward: true } };
+      },
+    },
+  ));
