@@ -119,8 +119,8 @@ test.serial('an agent pinning the CLI-made public key file takes the CLI-signed 
   t.is(agent.modeDocument?.seq, seq);
 });
 
-test.serial('tether agent --config with sovereignty (paths relative to the file) starts sovereign: no tunnel, mode in /readyz and /metrics; SIGTERM exits 0', async (t) => {
-  const dir = await workDir(t);
+/** Keys, a sovereign document (seq 3) and the agent's TLS files in `dir`, made by the CLI and the test PKI. */
+async function cliAgentFiles(t: ExecutionContext, dir: string): Promise<Awaited<ReturnType<typeof createTestPki>>> {
   t.is((await tether(dir, ['sovereignty', 'keygen', '--out', 'customer'])).code, 0);
   t.is((await tether(dir, ['sovereignty', 'sign', '--key', 'customer.key', '--cluster', 'c1', '--mode', 'sovereign', '--seq', '3', '--out', 'mode.jws'])).code, 0);
   const pki = await createTestPki();
@@ -128,17 +128,12 @@ test.serial('tether agent --config with sovereignty (paths relative to the file)
   await writeFile(join(dir, 'agent.key'), cert.key);
   await writeFile(join(dir, 'agent.crt'), cert.cert);
   await writeFile(join(dir, 'ca.pem'), pki.trustBundlePem);
-  await writeFile(
-    join(dir, 'agent.yaml'),
-    [
-      'gateways: [127.0.0.1:9]',
-      'tls: { keyFile: agent.key, certFile: agent.crt, caFile: ca.pem }',
-      'admin: { host: 127.0.0.1, port: 0 }',
-      'drainGraceMs: 500',
-      'sovereignty: { clusterId: c1, customerKeyFile: customer.pub.pem, modeFile: mode.jws, stateFile: state.json }',
-      '',
-    ].join('\n'),
-  );
+  return pki;
+}
+
+/** `tether agent --config <dir>/agent.yaml` from another folder; resolves with its first line and admin URL. */
+async function startCliAgent(t: ExecutionContext, dir: string, yaml: string[]): Promise<{ line: string; admin: string; stop(): Promise<{ code: number | null; stderr: string }> }> {
+  await writeFile(join(dir, 'agent.yaml'), [...yaml, ''].join('\n'));
   // Started from another folder: the relative paths are the config file's.
   const child = spawn(process.execPath, [BIN, 'agent', '--config', join(dir, 'agent.yaml')], { cwd: tmpdir(), stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TETHER_LOG_LEVEL: 'silent' } });
   const exited = once(child, 'exit');
@@ -149,15 +144,60 @@ test.serial('tether agent --config with sovereignty (paths relative to the file)
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   const [first] = (await Promise.race([once(child.stdout, 'data'), exited.then(() => [Buffer.from(`exited: ${stderr}`)])])) as [Buffer];
   const line = first.toString();
-  t.regex(line, /^agent in sovereign mode \(customer-signed document seq 3\): no tunnel is dialed; admin on (http:\S+)/);
-  const admin = /admin on (http:\S+)/.exec(line)?.[1] ?? '';
-  const ready = (await (await fetch(`${admin}/readyz`, { headers: { connection: 'close' } })).json()) as Record<string, unknown>;
+  return {
+    line,
+    admin: /admin on (http:\S+)/.exec(line)?.[1] ?? '',
+    stop: async () => {
+      child.kill('SIGTERM');
+      const [code] = (await exited) as [number | null];
+      return { code, stderr };
+    },
+  };
+}
+
+const AGENT_YAML = ['gateways: [127.0.0.1:9]', 'tls: { keyFile: agent.key, certFile: agent.crt, caFile: ca.pem }', 'admin: { host: 127.0.0.1, port: 0 }', 'drainGraceMs: 500'];
+
+test.serial('tether agent --config with sovereignty (paths relative to the file) starts sovereign: no tunnel, mode in /readyz and /metrics; SIGTERM exits 0', async (t) => {
+  const dir = await workDir(t);
+  await cliAgentFiles(t, dir);
+  const agent = await startCliAgent(t, dir, [...AGENT_YAML, 'sovereignty: { clusterId: c1, customerKeyFile: customer.pub.pem, modeFile: mode.jws, stateFile: state.json }']);
+  t.regex(agent.line, /^agent in sovereign mode \(customer-signed document seq 3\): no tunnel is dialed; admin on (http:\S+)/);
+  const ready = (await (await fetch(`${agent.admin}/readyz`, { headers: { connection: 'close' } })).json()) as Record<string, unknown>;
   t.like(ready, { ready: true, mode: 'sovereign', modeSeq: 3, readyConnections: 0, knownGateways: [] });
-  const metrics = await (await fetch(`${admin}/metrics`, { headers: { connection: 'close' } })).text();
+  const metrics = await (await fetch(`${agent.admin}/metrics`, { headers: { connection: 'close' } })).text();
   t.regex(metrics, /tether_agent_mode\{mode="sovereign"[^}]*\} 1/);
   t.regex(metrics, /tether_agent_mode_document_seq\{[^}]*\} 3/);
   t.like(JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')) as object, { cluster: 'c1', seq: 3 });
-  child.kill('SIGTERM');
-  const [code] = (await exited) as [number | null];
+  const { code, stderr } = await agent.stop();
+  t.is(code, 0, stderr);
+});
+
+test.serial('tether agent --config with sovereignty.listener (certificate, key and JWKS files relative to the config file) serves the sovereign listener and says where', async (t) => {
+  const dir = await workDir(t);
+  const pki = await cliAgentFiles(t, dir);
+  const listener = await pki.gatewayCert({ dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
+  await writeFile(join(dir, 'listener.crt'), listener.cert);
+  await writeFile(join(dir, 'listener.key'), listener.key);
+  await writeFile(join(dir, 'jwks.json'), JSON.stringify({ keys: [{ kty: 'EC', crv: 'P-256', x: 'f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU', y: 'x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0', kid: 'k' }] }));
+  const agent = await startCliAgent(t, dir, [
+    ...AGENT_YAML,
+    'xds: {}',
+    'sovereignty:',
+    '  clusterId: c1',
+    '  customerKeyFile: customer.pub.pem',
+    '  modeFile: mode.jws',
+    '  listener:',
+    '    address: 127.0.0.1',
+    '    tls: { certFile: listener.crt, keyFile: listener.key }',
+    '    jwt: { issuer: https://idp.customer.test, audiences: [tether-data], jwks: { file: jwks.json } }',
+    '    rbac: { policies: { anyone: { principals: [{ claim: roles, includes: reader }] } } }',
+    '    routes: [{ prefix: /, upstream: "http://127.0.0.1:9" }]',
+  ]);
+  t.regex(agent.line, /^agent in sovereign mode \(customer-signed document seq 3\): no tunnel is dialed; sovereign listener on 127\.0\.0\.1:\d+; admin on http:/);
+  const ready = (await (await fetch(`${agent.admin}/readyz`, { headers: { connection: 'close' } })).json()) as Record<string, unknown>;
+  t.like(ready, { ready: true, mode: 'sovereign', sovereignListener: { serving: true } });
+  const metrics = await (await fetch(`${agent.admin}/metrics`, { headers: { connection: 'close' } })).text();
+  t.regex(metrics, /^tether_agent_sovereign_listener_up\{[^}]*\} 1$/m);
+  const { code, stderr } = await agent.stop();
   t.is(code, 0, stderr);
 });
