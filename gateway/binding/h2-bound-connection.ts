@@ -27,7 +27,7 @@ import type { AgentTunnel } from '../tunnel-registry.js';
 import { BIND_PROTOCOL_H2, H_BIND_SCOPE, H_CLUSTER, H_ERROR, HEADER_PREFIX, inBindScope, parseBindScope, statusOf, type BindScope } from '../tunnel/index.js';
 import { headTimeout, ignoreError, type BindingContext } from './bound-connection.js';
 import { DEFAULT_MAX_FRAME, ErrorCode, Flag, FrameReader, FrameType, PREFACE, Setting, frame, goaway, headerFrames, headersFragment, rstStream, settingsOf, windowUpdate, type Frame } from './h2-frames.js';
-import { HeaderBlockDecoder, HpackError, encodeLiteral, type HeaderField } from './hpack-block.js';
+import { HeaderBlockDecoder, HeaderBlockEncoder, HpackError, encodeLiteral, type HeaderField } from './hpack-block.js';
 
 const { NGHTTP2_CANCEL } = http2.constants;
 
@@ -66,6 +66,8 @@ interface Binding {
   clusterHeader: string | undefined;
   /** The gateway's own `tether-*` fields for every request (all but the request id). */
   injected: HeaderField[];
+  /** HPACK toward the upstream (its decoder's table is the gateway's alone). */
+  encoder: HeaderBlockEncoder;
   requests: { inc(): void };
   headTimeoutMs: number;
   headTimeoutCode: 'TUNNEL_TIMEOUT' | 'UPSTREAM_TIMEOUT';
@@ -291,6 +293,7 @@ export class H2BoundConnection {
       authorization: fieldOf(request, 'authorization'),
       clusterHeader: fieldOf(request, H_CLUSTER),
       injected,
+      encoder: new HeaderBlockEncoder(),
       requests: this.ctx.metrics.requestsFor(admitted.clusterId, 'http2-bound'),
       ...headTimeout(this.ctx.config.responseTimeoutMs, scope.timeoutMs),
     };
@@ -442,7 +445,7 @@ export class H2BoundConnection {
         return 'closed';
       }
       const trailers = fields.filter((f) => !f.name.startsWith(HEADER_PREFIX) && !f.name.startsWith(':'));
-      out.push(...headerFrames(id, encodeLiteral(trailers), true, DEFAULT_MAX_FRAME));
+      out.push(...headerFrames(id, binding.encoder.encode(trailers), true, DEFAULT_MAX_FRAME));
       this.clientEnded(id);
       return 'ok';
     }
@@ -502,7 +505,7 @@ export class H2BoundConnection {
     }
     for (const f of binding.injected) forwarded.push(f);
     forwarded.push({ name: 'tether-request-id', value: randomUUID() });
-    out.push(...headerFrames(id, encodeLiteral(forwarded), block.endStream, DEFAULT_MAX_FRAME));
+    out.push(...headerFrames(id, binding.encoder.encode(forwarded), block.endStream, DEFAULT_MAX_FRAME));
     this.carried.set(id, { clientDone: block.endStream, serverDone: false, headDue: now + binding.headTimeoutMs });
     binding.requests.inc();
   }
@@ -636,8 +639,11 @@ export class H2BoundConnection {
     const settings = settingsOf(f.payload);
     if (settings === null) return;
     for (const { id, value, at } of settings) {
-      if (id === Setting.HEADER_TABLE_SIZE && value > TABLE_SIZE) f.payload.writeUInt32BE(TABLE_SIZE, at + 2);
-      else if (id === Setting.ENABLE_CONNECT_PROTOCOL && value !== 0) f.payload.writeUInt32BE(0, at + 2);
+      if (id === Setting.HEADER_TABLE_SIZE) {
+        // The upstream's decoder limit binds the gateway's encoder; the client sees at most its own decoder's.
+        this.binding?.encoder.setLimit(value);
+        if (value > TABLE_SIZE) f.payload.writeUInt32BE(TABLE_SIZE, at + 2);
+      } else if (id === Setting.ENABLE_CONNECT_PROTOCOL && value !== 0) f.payload.writeUInt32BE(0, at + 2);
       else if (id === Setting.MAX_FRAME_SIZE) this.clientFrames.maxFrame = Math.min(Math.max(value, DEFAULT_MAX_FRAME), 16_777_215);
     }
   }

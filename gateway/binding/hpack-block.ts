@@ -1,10 +1,11 @@
 /**
  * HPACK (RFC 7541) for a bound HTTP/2 client connection. The gateway decodes every header block
  * the client sends, keeping the client encoder's dynamic table in step, and re-encodes what it
- * forwards with literals only (never indexed, no Huffman): the upstream's decoder table then never
- * changes, so there is no second encoder state to keep in step, and the response direction's
- * HPACK state stays between the upstream and the client untouched. Blocks the gateway injects
- * (a 421, a refusal) are literal-only as well, so they leave the client's decoder table as it was.
+ * forwards with an encoder of its own toward the upstream (`HeaderBlockEncoder`: the static table,
+ * and a dynamic table for the fields that repeat, such as the gateway's identity fields; never the
+ * credential or the request id). The response direction's HPACK state stays between the upstream
+ * and the client untouched: blocks the gateway injects toward the client (a 421, a refusal) are
+ * literal-only (`encodeLiteral`), so they leave the client's decoder table as it was.
  *
  * Integers, strings and Huffman codes are decoded by `hpack.js`; the representation loop is ours,
  * so that its rules are checked: a table size update only at the start of a block and no larger
@@ -136,4 +137,109 @@ function writeInt(out: Buffer, at: number, n: number): number {
   }
   out[at++] = rest;
   return at;
+}
+
+const STATIC = hpack['static-table'].map;
+/** Fields never put in the dynamic table: credentials (never indexed, RFC 7541 §7.1.3) and values that change per request. */
+const SENSITIVE = new Set(['authorization', 'proxy-authorization', 'cookie']);
+const UNINDEXED = new Set(['tether-request-id', 'content-length', 'if-none-match', 'if-modified-since']);
+const MAX_INDEXED_VALUE = 256;
+const DYNAMIC_BASE = 62;
+
+/**
+ * The gateway's HPACK encoder toward one upstream connection. Its table is never larger than the
+ * 4 KiB every decoder starts with, nor than what the upstream's SETTINGS allow (a smaller limit is
+ * signalled with a table size update at the start of the next block). No Huffman coding: the
+ * upstream is in the same data centre; the bytes saved would cost CPU on both ends.
+ */
+export class HeaderBlockEncoder {
+  /** Oldest first: each entry's key (name NUL value), size and insertion number. */
+  private readonly entries: Array<{ key: string; size: number; n: number }> = [];
+  private readonly byKey = new Map<string, number>();
+  private inserted = 0;
+  private size = 0;
+  private max = 4_096;
+  private update: number | null = null;
+
+  /** The upstream's SETTINGS_HEADER_TABLE_SIZE. */
+  setLimit(limit: number): void {
+    const max = Math.min(limit, 4_096);
+    if (max === this.max) return;
+    this.max = max;
+    this.evict();
+    this.update = max;
+  }
+
+  encode(fields: readonly HeaderField[]): Buffer {
+    const out: Buffer[] = [];
+    if (this.update !== null) {
+      out.push(int(this.update, 5, 0x20));
+      this.update = null;
+    }
+    for (const { name, value } of fields) {
+      const known = Object.hasOwn(STATIC, name) ? STATIC[name] : undefined;
+      const staticFull = known !== undefined && Object.hasOwn(known.values, value) ? known.values[value] : undefined;
+      if (staticFull !== undefined) {
+        out.push(int(staticFull, 7, 0x80));
+        continue;
+      }
+      const key = `${name}\0${value}`;
+      const n = this.byKey.get(key);
+      if (n !== undefined) {
+        out.push(int(DYNAMIC_BASE + this.inserted - 1 - n, 7, 0x80));
+        continue;
+      }
+      const entrySize = name.length + value.length + 32;
+      const nameIndex = known?.index ?? 0;
+      if (SENSITIVE.has(name)) out.push(int(nameIndex, 4, 0x10));
+      else if (UNINDEXED.has(name) || value.length > MAX_INDEXED_VALUE || entrySize > this.max) out.push(int(nameIndex, 4, 0x00));
+      else {
+        out.push(int(nameIndex, 6, 0x40));
+        this.add(key, entrySize);
+      }
+      if (nameIndex === 0) out.push(str(name));
+      out.push(str(value));
+    }
+    return Buffer.concat(out);
+  }
+
+  private add(key: string, size: number): void {
+    const n = this.inserted++;
+    this.entries.push({ key, size, n });
+    this.byKey.set(key, n);
+    this.size += size;
+    this.evict();
+  }
+
+  private evict(): void {
+    while (this.size > this.max) {
+      const oldest = this.entries.shift();
+      if (oldest === undefined) break;
+      this.size -= oldest.size;
+      if (this.byKey.get(oldest.key) === oldest.n) this.byKey.delete(oldest.key);
+    }
+  }
+}
+
+/** An integer with an N-bit prefix, the first octet's other bits `flags` (RFC 7541 §5.1). */
+function int(value: number, prefixBits: number, flags: number): Buffer {
+  const limit = (1 << prefixBits) - 1;
+  if (value < limit) return Buffer.from([flags | value]);
+  const octets = [flags | limit];
+  let rest = value - limit;
+  while (rest >= 128) {
+    octets.push((rest & 0x7f) | 0x80);
+    rest >>>= 7;
+  }
+  octets.push(rest);
+  return Buffer.from(octets);
+}
+
+/** A string literal, not Huffman-coded. */
+function str(text: string): Buffer {
+  const length = int(text.length, 7, 0);
+  const out = Buffer.allocUnsafe(length.length + text.length);
+  length.copy(out, 0);
+  out.write(text, length.length, 'latin1');
+  return out;
 }

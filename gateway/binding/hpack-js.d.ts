@@ -24,6 +24,8 @@ declare module 'hpack.js' {
   }
   const hpack: {
     decoder: { create(): Decoder };
+    /** RFC 7541 Appendix A: by name, its first index and the index of each value. */
+    'static-table': { map: Record<string, { index: number; values: Record<string, number> } | undefined> };
     table: { create(options: { maxSize: number }): Table };
   };
   export default hpack;
