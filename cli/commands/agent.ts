@@ -47,7 +47,13 @@ export function registerAgentCommand(program: Command): void {
       }
       const logger = createLogger('agent');
       const agent = new Agent({ ...(config as Omit<AgentOptions, 'tls'>), tls, logger });
-      await agent.start();
+      try {
+        await agent.start();
+      } catch (reason) {
+        // What did start (admin, xDS server) must not keep the process alive after the error.
+        await agent.close();
+        throw reason;
+      }
       const admin = agent.adminAddress;
       const adminText = admin === null ? '' : `; admin on http://${admin.address}:${admin.port}`;
       if (agent.mode === 'sovereign') {
