@@ -15,6 +15,7 @@
  * seed and target) replays it alone.
  */
 import * as http from 'node:http';
+import * as http2 from 'node:http2';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import * as net from 'node:net';
 import type { Agent } from '../../agent/index.js';
@@ -141,25 +142,77 @@ export async function startFuzzUpstream(inspect: (req: http.IncomingMessage) => 
       }),
   };
 }
+/**
+ * The h2c upstream the HTTP/2 cases' paths (`/fuzz/h2/…`) are routed to, so that with connection
+ * binding an HTTP/2 client connection is bound to it and the gateway's frame-level proxy
+ * (gateway/binding/h2-bound-connection.ts) is what the cases hit. It answers every request 200
+ * `fuzz ok` marked like the HTTP/1.1 upstream, after `inspect` looked at its headers.
+ */
+export async function startFuzzH2cUpstream(inspect: (headers: http2.IncomingHttpHeaders) => void): Promise<Upstream> {
+  const seen: http.IncomingHttpHeaders[] = [];
+  const server = http2.createServer({ maxHeaderListPairs: 4_096 });
+  server.on('stream', (stream, headers) => {
+    seen.push(headers);
+    inspect(headers);
+    stream.on('error', () => undefined);
+    stream.resume();
+    const finish = (): void => {
+      if (stream.closed || stream.destroyed || stream.headersSent) return;
+      stream.respond({ ':status': 200, 'content-type': 'text/plain', [UPSTREAM_MARK]: '1' });
+      stream.end('fuzz ok\n');
+    };
+    stream.once('end', finish);
+  });
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on('session', (session) => {
+    sessions.add(session);
+    session.on('error', () => undefined);
+    session.once('close', () => sessions.delete(session));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    url: `h2c://127.0.0.1:${port}`,
+    port,
+    seen,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const session of sessions) session.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
 const HEALTH_MS = 10_000;
 
 /** The gateway, an agent for c1 routing to a marking upstream, and the checks on what reaches it. */
 export async function startFuzzEnv(binding?: 'connection' | 'request'): Promise<FuzzEnv> {
   const violations: string[] = [];
-  const upstream = await startFuzzUpstream((req) => {
-    const subject = req.headers['tether-subject'];
-    const cluster = req.headers['tether-cluster'];
-    if (subject !== SUBJECT) violations.push(`${req.method} ${req.url}: tether-subject ${JSON.stringify(subject)}`);
-    if (cluster !== 'c1' && cluster !== 'c3') violations.push(`${req.method} ${req.url}: tether-cluster ${JSON.stringify(cluster)}`);
-    if (req.headers.authorization !== undefined) violations.push(`${req.method} ${req.url}: the client's authorization reached the upstream`);
-  });
+  const check = (what: string, headers: http.IncomingHttpHeaders): void => {
+    const subject = headers['tether-subject'];
+    const cluster = headers['tether-cluster'];
+    if (subject !== SUBJECT) violations.push(`${what}: tether-subject ${JSON.stringify(subject)}`);
+    if (cluster !== 'c1' && cluster !== 'c3') violations.push(`${what}: tether-cluster ${JSON.stringify(cluster)}`);
+    if (headers.authorization !== undefined) violations.push(`${what}: the client's authorization reached the upstream`);
+  };
+  const upstream = await startFuzzUpstream((req) => check(`${req.method} ${req.url}`, req.headers));
+  const h2Upstream = await startFuzzH2cUpstream((headers) => check(`h2 ${String(headers[':method'])} ${String(headers[':path'])}`, headers));
   const env = await startTunnelEnv({
     clusters: ['c1', 'c2', 'c3'],
     // Client HTTP/2 sessions the gateway must close (idle, or no longer answering PINGs) go
     // within seconds, not the default two minutes: the health check waits for their streams.
     // Agents get a port of their own, so every connection to the client ports is a client's.
     gateway: { clientIdleTimeoutMs: 2_000, agentListen: { host: '127.0.0.1', port: 0 }, ...(binding === undefined ? {} : { binding }) },
-    agents: [{ clusterId: 'c1', agentId: 'a1', routes: [{ prefix: '/', upstream: upstream.url }] }],
+    agents: [
+      {
+        clusterId: 'c1',
+        agentId: 'a1',
+        routes: [
+          { prefix: '/', upstream: upstream.url },
+          { prefix: '/fuzz/h2/', upstream: h2Upstream.url },
+        ],
+      },
+    ],
   });
   const gateway = env.gateway;
   const [host, tlsPort] = splitHostPort(gateway.address);
@@ -187,6 +240,7 @@ export async function startFuzzEnv(binding?: 'connection' | 'request'): Promise<
       unsubscribe('net.server.socket', onSocket);
       await env.close();
       await upstream.close();
+      await h2Upstream.close();
     },
   };
 }
