@@ -6,7 +6,10 @@
  * - `h2`: the agent dials, the roles reverse (gateway = HTTP/2 client), one CONNECT stream per
  *   client connection (what tether uses);
  * - `frames`: the lightest mux that could replace it: 9-byte frames `[u32 channel][u8 type][u32
- *   length]` (OPEN, DATA, CLOSE) written straight to the TLS socket, no flow control.
+ *   length]` (OPEN, DATA, CLOSE) written straight to the TLS socket, no flow control;
+ * - `pipe`: no mux at all: the agent keeps a pool of dialed TLS connections, the gateway joins each
+ *   client connection to one of them and the agent joins it to an upstream connection (the floor
+ *   of a design where every bound connection gets an agent-dialed connection of its own).
  *
  *   node --import ./bin/typescript.js benchmarks/carrier-relay.ts gateway MODE CONFIG.json
  *   node --import ./bin/typescript.js benchmarks/carrier-relay.ts agent MODE CONFIG.json
@@ -83,8 +86,14 @@ function gateway(mode: string, config: CarrierConfig): void {
   let raw: tls.TLSSocket | null = null;
   const channels = new Map<number, net.Socket>();
   let next = 1;
+  const pool: tls.TLSSocket[] = [];
   tunnelServer.on('secureConnection', (socket: tls.TLSSocket) => {
     socket.setNoDelay(true);
+    if (mode === 'pipe') {
+      socket.on('error', ignore);
+      pool.push(socket);
+      return;
+    }
     if (mode === 'h2') {
       h2 = http2.connect('http://tunnel', { createConnection: () => socket, settings: { initialWindowSize: 4 << 20 } });
       h2.on('connect', () => h2?.setLocalWindowSize(64 << 20));
@@ -106,6 +115,12 @@ function gateway(mode: string, config: CarrierConfig): void {
     );
   });
   const clients = net.createServer({ noDelay: true }, (client) => {
+    if (mode === 'pipe') {
+      const socket = pool.shift();
+      if (socket === undefined) return void client.destroy();
+      join(client, socket);
+      return;
+    }
     if (mode === 'h2') {
       if (h2 === null) return void client.destroy();
       join(client, h2.request({ ':method': 'CONNECT', ':authority': 'upstream:1' }));
@@ -129,7 +144,38 @@ function gateway(mode: string, config: CarrierConfig): void {
   });
 }
 
+/** Connections the `pipe` agent keeps dialed (wrk's 64, and spares). */
+const PIPE_POOL = 96;
+
+function pipeAgent(config: CarrierConfig): void {
+  const upstreamPort = config.upstreamPort ?? 0;
+  let ready = 0;
+  const dial = (): void => {
+    const socket = tls.connect({ host: '127.0.0.1', port: config.tunnelPort ?? 0, ca: config.ca, servername: 'localhost', minVersion: 'TLSv1.3' });
+    socket.setNoDelay(true);
+    socket.on('error', ignore);
+    socket.once('secureConnect', () => {
+      if (++ready === PIPE_POOL) process.send?.({ type: 'ready', port: 0 });
+    });
+    // The upstream connection opens with the first bytes (and a spare is dialed in its place);
+    // what comes before it is connected waits.
+    socket.once('data', (first: Buffer) => {
+      dial();
+      socket.pause();
+      const upstream = net.connect({ host: '127.0.0.1', port: upstreamPort, noDelay: true });
+      upstream.once('connect', () => {
+        upstream.write(first);
+        join(socket, upstream);
+        socket.resume();
+      });
+      upstream.on('error', ignore);
+    });
+  };
+  for (let i = 0; i < PIPE_POOL; i++) dial();
+}
+
 function agent(mode: string, config: CarrierConfig): void {
+  if (mode === 'pipe') return pipeAgent(config);
   const upstreamPort = config.upstreamPort ?? 0;
   const socket = tls.connect({ host: '127.0.0.1', port: config.tunnelPort ?? 0, ca: config.ca, servername: 'localhost', minVersion: 'TLSv1.3' });
   socket.setNoDelay(true);

@@ -6,7 +6,8 @@
  * - `h2`: one HTTP/2 CONNECT stream per client connection over the agent-dialed TLS connection
  *   (tether's carrier), and
  * - `frames`: a minimal own framing over the same kind of connection (no flow control: a floor for
- *   what any lighter mux could cost),
+ *   what any lighter mux could cost), and
+ * - `pipe`: no mux: one agent-dialed TLS connection per client connection (from a pool),
  *
  * fresh processes for each, the same upstream (`tunnel-upstream.ts`). Reported: requests/s, p50,
  * p99 and the relay processes' CPU per request. Options: `--duration=S` (8), `--runs=N` (3,
@@ -19,7 +20,7 @@ import { CertificateAuthority } from '../certs/index.js';
 import { wrk, type WrkResult } from './tunnel-load.js';
 import { Processes, cpuSeconds, nextMessage, ofType } from './tunnel-processes.js';
 
-const MODES = ['h2', 'frames'] as const;
+const MODES = ['h2', 'frames', 'pipe'] as const;
 type Mode = (typeof MODES)[number];
 
 interface Row extends WrkResult {
@@ -46,7 +47,7 @@ export async function run(args: string[]): Promise<Record<string, unknown>> {
     const ports = await nextMessage(upstream, ofType<{ type: 'ready'; http: number }>('ready'), 30_000, 'upstream ready');
     const ca = await CertificateAuthority.create({ trustDomain: 'carrier.test' });
     const server = await ca.issueServer({ dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
-    const rows: Record<Mode, Row[]> = { h2: [], frames: [] };
+    const rows: Record<Mode, Row[]> = { h2: [], frames: [], pipe: [] };
     for (let i = 0; i < runs; i++) {
       for (const mode of MODES) {
         const gatewayFile = join(dir, `gateway-${mode}-${i}.json`);
