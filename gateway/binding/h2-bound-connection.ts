@@ -321,6 +321,8 @@ export class H2BoundConnection {
     this.received = [];
     stream.write(PREFACE);
     this.fromClient(bytes.subarray(PREFACE.length));
+    // A drain that began while the first request was admitted: what was sent completes, nothing more.
+    if (this.ctx.draining()) this.goawayGracefully();
     if (this.held === null && this.state === 'bound') this.socket.resume();
   }
 
