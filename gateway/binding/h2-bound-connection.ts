@@ -40,8 +40,12 @@ const TABLE_SIZE = 4_096;
 const SNIFF_LIMIT = 256 * 1024;
 /** Requests refused on one connection (421, 401…) before it is closed with ENHANCE_YOUR_CALM. */
 const MAX_REFUSED = 100;
-/** Resets of streams not yet answered, as nghttp2 allows them: a burst, then a rate per second. */
-const RESET_BURST = 1_000;
+/**
+ * Resets of streams not yet answered (rapid reset, CVE-2023-44487): a burst, then a rate per
+ * second. Half of nghttp2's burst, so that the gateway, not the customer's upstream, is the one
+ * that cuts such a client off (nghttp2 allows 1,000, then 33 a second).
+ */
+const RESET_BURST = 500;
 const RESET_RATE = 33;
 const HEADER_SAFE = /^[\x20-\x7e]*$/;
 

@@ -15,7 +15,7 @@ import { failOnLeaks } from '../helpers/leaks.js';
 import { closeH2, connectH2, h2Request, splitHostPort, type Reply } from '../helpers/tunnel-clients.js';
 import { startTunnelEnv, type TunnelEnv } from '../helpers/tunnel-env.js';
 import { startHttp1Upstream, type Upstream } from '../helpers/tunnel-upstreams.js';
-import { PREFACE, SETTINGS_ACK, FrameType, headerBlock, headersFrame, hpackTableSize, logPeer, settingsFrame, type PeerLog } from '../fuzz/h2-wire.js';
+import { PREFACE, SETTINGS_ACK, FrameType, headerBlock, headersFrame, hpackTableSize, logPeer, rstStreamFrame, settingsFrame, type PeerLog } from '../fuzz/h2-wire.js';
 
 failOnLeaks(test);
 
@@ -316,6 +316,45 @@ test.serial('a table size update over the limit the client was told closes the c
     if (!socket.destroyed) await once(socket, 'close');
     t.is((await metric()) - before, 1);
     t.false(seen.some((s) => s.headers[':path'] === '/raw/3'));
+    t.is((await h2Request(bystander, { path: '/bystander/2', headers })).status, 200);
+  } finally {
+    socket.destroy();
+    await closeH2(bystander);
+  }
+});
+
+test.serial('rapid reset on a bound connection: the gateway cuts the client off with ENHANCE_YOUR_CALM before the upstream has to, counted as a flood; others are unaffected', async (t) => {
+  const token = await env.token(['c1'], 'alice');
+  const headers = { host: 'c1.tether.localhost', authorization: `Bearer ${token}` };
+  const [host, port] = splitHostPort(new URL(plainUrl()).host);
+  const floods = async (): Promise<number> =>
+    (await env.gateway.registry.getSingleMetric('tether_gateway_session_errors_total')?.get())?.values.find((v) => v.labels.peer === 'client' && v.labels.reason === 'flood')?.value ?? 0;
+  const before = await floods();
+  const bystander = await connectH2(plainUrl());
+  const socket = net.connect({ host, port });
+  await once(socket, 'connect');
+  try {
+    t.is((await h2Request(bystander, { path: '/bystander', headers })).status, 200);
+    const upstreamSessions = upA.sessions();
+    const peer = watch(socket);
+    const block = (id: number): Buffer =>
+      headerBlock([
+        [':method', 'GET'],
+        [':scheme', 'http'],
+        [':path', `/reset/${id}`],
+        [':authority', 'c1.tether.localhost'],
+        ['authorization', `Bearer ${token}`],
+      ]);
+    socket.write(Buffer.concat([PREFACE, settingsFrame([]), headersFrame(1, block(1), { endStream: true })]));
+    await peer.until((log) => log.ended.has(1));
+    const burst: Buffer[] = [];
+    for (let id = 3; id < 3 + 2 * 2_000; id += 2) burst.push(headersFrame(id, block(id), { endStream: true }), rstStreamFrame(id, 0x8));
+    socket.write(Buffer.concat(burst));
+    await peer.until((log) => log.goaway !== null);
+    t.is(peer.log.goaway?.code, 0xb, 'ENHANCE_YOUR_CALM');
+    if (!socket.destroyed) await once(socket, 'close');
+    t.is((await floods()) - before, 1, "the gateway's own limit cut it off");
+    t.is(upA.sessions() - upstreamSessions, 1, 'one upstream connection, closed with the client');
     t.is((await h2Request(bystander, { path: '/bystander/2', headers })).status, 200);
   } finally {
     socket.destroy();
