@@ -12,7 +12,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 type BenchmarkModule = { run: (args: string[]) => Promise<Record<string, unknown>> };
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const KNOWN = ['identity', 'tunnel', 'carrier', 'xds', 'control'];
+const KNOWN = ['identity', 'tunnel', 'carrier', 'xds', 'control', 'sovereign'];
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
