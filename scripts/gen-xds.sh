@@ -96,12 +96,5 @@ EOF
 
 if [[ "${1:-}" == "--vendor" ]]; then vendor; fi
 
-rm -rf "$GEN_DIR"
-template=$(cat <<EOF
-{"version":"v2","plugins":[{"local":"node_modules/.bin/protoc-gen-es","out":"$GEN_DIR","opt":["target=ts","import_extension=js"]}]}
-EOF
-)
-# BUF_CACHE_DIR keeps buf from writing into $HOME; nothing is fetched (no remote plugins or deps).
-BUF_CACHE_DIR="${BUF_CACHE_DIR:-${TMPDIR:-/tmp}/tether-buf-cache}" \
-  node_modules/.bin/buf generate "$PROTO_DIR" --template "$template"
-echo "gen-xds: generated $(find "$GEN_DIR" -name '*.ts' | wc -l) files into $GEN_DIR"
+# scripts/gen-proto.sh: buf with the local protoc-gen-es; nothing is fetched (no remote plugins or deps).
+"$(dirname "$0")/gen-proto.sh" "$PROTO_DIR" "$GEN_DIR"
