@@ -56,6 +56,8 @@ export const DEV_ORG = 'dev';
 /** The dev user: org Admin in the control plane, allowed to reach cluster `demo`. */
 export const DEV_USER = 'dev';
 export const DEV_BUCKET = 'demo-data';
+/** The dev gateway's subject on the control plane (role Gateway: it may only watch the clusters). */
+export const DEV_GATEWAY_SUBJECT = 'system:gateway:dev-gateway';
 
 /**
  * An address to listen on; `flag` names the option that chose it in errors (`PORT_IN_USE`: "choose
@@ -182,6 +184,8 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
     );
     started.push(control);
     const controlUrl = `http://${formatHostPort(dialable(controlListen.host), control.httpPort)}`;
+    // The gateway follows the cluster list and modes with the Gateway role (cluster.watch only).
+    await control.service.bind(userCaller(DEV_USER), `user:${DEV_GATEWAY_SUBJECT}`, 'Gateway', { org: DEV_ORG });
     await control.service.registerCluster(userCaller(DEV_USER), {
       org: DEV_ORG,
       id: DEV_CLUSTER,
@@ -210,9 +214,10 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
       listen: { host: '127.0.0.1', port: 0 },
       plainListen: { host: options.listen.host, port: options.listen.port },
       baseDomain: DEV_BASE_DOMAIN,
-      clusters: [DEV_CLUSTER],
-      // Sovereign: the vendor's gateway refuses the cluster by itself too (403 CLUSTER_SOVEREIGN).
-      ...(options.sovereign === undefined ? {} : { sovereignClusters: [DEV_CLUSTER] }),
+      // The registered clusters and their modes come from the control plane's watch (sovereign: the
+      // vendor's gateway refuses the cluster by itself too, 403 CLUSTER_SOVEREIGN).
+      controlPlane: { url: `http://127.0.0.1:${control.grpcPort}`, orgs: [DEV_ORG] },
+      controlPlaneToken: () => issuer.mint({ subject: DEV_GATEWAY_SUBJECT, audience: DEV_CONTROL_AUDIENCE, ttlSec: 3600 }),
       trustDomain: DEV_TRUST_DOMAIN,
       auth: { mode: 'jwt', issuers: [{ issuer: issuer.issuer, audiences: [DEV_CLIENT_AUDIENCE], jwksUrl: issuer.jwksUri }] },
       // Who may reach the demo cluster's data plane is the control plane's RBAC graph.
@@ -223,6 +228,7 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
     });
     started.push(gateway); // before start(): a listener that did bind is closed when another fails
     await listenAs(gateway.start(), { ...options.listen, flag: options.listen.flag ?? 'listen' });
+    await firstClusterList(gateway);
     // The console reads the in-process gateway's metrics, and agents it revokes lose their tunnels here.
     control.console?.gateways.addRegistry('dev-gateway', gateway.registry);
     control.console?.agents?.onRevokedSerials((serials) => gateway.setRevokedSerials(serials));
@@ -336,6 +342,28 @@ export async function startDevSystem(options: DevOptions): Promise<DevSystem> {
     await stopAll('close');
     throw reason;
   }
+}
+
+/** Wait for the gateway's first list from the control plane (the agent dials only a registered cluster). */
+function firstClusterList(gateway: Gateway): Promise<void> {
+  const watch = gateway.controlPlane;
+  if (watch === null || watch.clusters !== null) return Promise.resolve();
+  return new Promise((resolvePromise, reject) => {
+    const done = (): void => {
+      watch.off('update', onUpdate);
+      watch.off('disconnected', onError);
+    };
+    const onUpdate = (): void => {
+      done();
+      resolvePromise();
+    };
+    const onError = (error: TetherError): void => {
+      done();
+      reject(new TetherError('DEV_START_FAILED', `the gateway could not watch the control plane's clusters (${error.code})`, { cause: error }));
+    };
+    watch.on('update', onUpdate);
+    watch.on('disconnected', onError);
+  });
 }
 
 /** The host to dial for a listener bound to `host`: loopback for the unspecified addresses. */

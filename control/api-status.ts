@@ -24,6 +24,7 @@ const TABLE: Record<string, [grpc: status, http: number]> = {
   [C.SCHEDULE_INVALID]: [status.INVALID_ARGUMENT, 400],
   [C.CLUSTER_UNKNOWN]: [status.FAILED_PRECONDITION, 409],
   [C.REQUEST_TOO_LARGE]: [status.RESOURCE_EXHAUSTED, 413],
+  [C.UNAVAILABLE]: [status.UNAVAILABLE, 503],
   INVALID_OPTIONS: [status.INVALID_ARGUMENT, 400],
 };
 

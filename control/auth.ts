@@ -64,7 +64,7 @@ export function createAuthenticator(issuers: readonly UserIssuerConfig[]): Authe
       const verified = await entry.verifier.verify(token);
       const claim = verified.claims[entry.groupsClaim];
       const groups = Array.isArray(claim) ? claim.filter((group): group is string => typeof group === 'string') : [];
-      return { subject: verified.subject, groups, name: `user:${verified.subject}` };
+      return { subject: verified.subject, groups, name: `user:${verified.subject}`, expiresAt: verified.expiresAt.getTime() };
     } catch (reason) {
       const code = isTetherError(reason) ? reason.code : 'TOKEN_INVALID';
       throw unauthenticated(`bearer token refused (${code})`, code, reason);

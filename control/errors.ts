@@ -54,6 +54,8 @@ export const ControlErrorCode = {
   IDENTITY_EXCHANGE_DISABLED: 'IDENTITY_EXCHANGE_DISABLED',
   /** The request body is larger than the API accepts. */
   REQUEST_TOO_LARGE: 'CONTROL_REQUEST_TOO_LARGE',
+  /** The control plane is shutting down: a stream (a gateway's watch) ends; reconnect to another replica or later. */
+  UNAVAILABLE: 'CONTROL_UNAVAILABLE',
 } as const;
 
 export type ControlErrorCodeValue = (typeof ControlErrorCode)[keyof typeof ControlErrorCode];

@@ -13,7 +13,8 @@
  *
  * Roles (cumulative): Viewer reads; Contributor also registers tasks, creates and aborts runs,
  * manages schedules and writes data; Admin may do everything, including clusters, RBAC, audit and
- * reporting phase events on a cluster's behalf.
+ * reporting phase events on a cluster's behalf. Gateway stands apart: it may only follow the
+ * org's cluster list and modes (`cluster.watch`, the gateway replicas' watch stream).
  */
 
 export const OPERATIONS = [
@@ -28,6 +29,7 @@ export const OPERATIONS = [
   'cluster.read',
   'cluster.select',
   'cluster.register',
+  'cluster.watch',
   'rbac.read',
   'rbac.write',
   'audit.read',
@@ -37,7 +39,7 @@ export const OPERATIONS = [
 
 export type Operation = (typeof OPERATIONS)[number];
 
-export const ROLES = ['Viewer', 'Contributor', 'Admin'] as const;
+export const ROLES = ['Viewer', 'Contributor', 'Admin', 'Gateway'] as const;
 export type Role = (typeof ROLES)[number];
 
 const VIEWER: readonly Operation[] = ['task.read', 'run.read', 'schedule.read', 'cluster.read', 'cluster.select', 'data.read'];
@@ -47,6 +49,7 @@ export const ROLE_OPERATIONS: Readonly<Record<Role, ReadonlySet<Operation>>> = {
   Viewer: new Set(VIEWER),
   Contributor: new Set(CONTRIBUTOR),
   Admin: new Set(OPERATIONS),
+  Gateway: new Set<Operation>(['cluster.watch']),
 };
 
 export function isRole(value: string): value is Role {

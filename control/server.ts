@@ -22,6 +22,7 @@ import { AdminServer } from '../common/admin-server.js';
 import { INVALID_OPTIONS } from '../common/options.js';
 import { serviceDefinition } from '../xds/grpc-service.js';
 import { AgentChannel } from './agent-channel.js';
+import { ClusterWatch, ClusterWatchService } from './cluster-watch.js';
 import { createDispatch } from './api-dispatch.js';
 import { apiMethods } from './api-handlers.js';
 import { createAuthenticator } from './auth.js';
@@ -74,6 +75,7 @@ export class ControlServer implements Closable {
   readonly #grpc: GrpcServer;
   readonly #http: HttpApi | null;
   readonly #scheduler: Scheduler | null;
+  readonly #watch: ClusterWatch;
   #agents: { channel: AgentChannel; grpc: GrpcServer; port: number } | null = null;
   #admin: AdminServer | null = null;
   readonly #keyring: Keyring;
@@ -83,7 +85,7 @@ export class ControlServer implements Closable {
   #httpPort = 0;
 
   private constructor(parts: {
-    service: ControlService; store: SqliteStore; metrics: Registry; authenticator: Authenticator; console: OperatorConsole | null; logger: Logger; grpc: GrpcServer; http: HttpApi | null; scheduler: Scheduler | null; keyring: Keyring; keyFile: string | undefined;
+    service: ControlService; store: SqliteStore; metrics: Registry; authenticator: Authenticator; console: OperatorConsole | null; logger: Logger; grpc: GrpcServer; http: HttpApi | null; scheduler: Scheduler | null; keyring: Keyring; keyFile: string | undefined; watch: ClusterWatch;
   }) {
     this.service = parts.service;
     this.store = parts.store;
@@ -94,6 +96,7 @@ export class ControlServer implements Closable {
     this.#grpc = parts.grpc;
     this.#http = parts.http;
     this.#scheduler = parts.scheduler;
+    this.#watch = parts.watch;
     this.#keyring = parts.keyring;
     this.#keyFile = parts.keyFile;
   }
@@ -131,6 +134,9 @@ export class ControlServer implements Closable {
       const methods = apiMethods(service, { identity });
       const dispatch = createDispatch({ service, authenticator, logger, metrics });
       const grpc = createGrpcApi(methods, dispatch);
+      // The gateways' watch of the cluster list and modes (control/cluster-watch.ts), on the same port.
+      const watch = new ClusterWatch({ service, authenticator, logger: logger.child({ component: 'gateway-watch' }), metrics, ...(options.now === undefined ? {} : { now: options.now }) });
+      grpc.addService(serviceDefinition(ClusterWatchService), watch.implementation());
       const grpcTls = config.grpc.tls === undefined ? undefined : { cert: await readFile(config.grpc.tls.cert), key: await readFile(config.grpc.tls.key) };
       const credentials = grpcTls === undefined ? ServerCredentials.createInsecure() : ServerCredentials.createSsl(null, [{ cert_chain: grpcTls.cert, private_key: grpcTls.key }], false);
       const http = config.http.enabled
@@ -140,7 +146,7 @@ export class ControlServer implements Closable {
           })
         : null;
       if (config.scheduler.enabled) scheduler = new Scheduler({ host: service, logger, maxWaitMs: config.scheduler.maxWaitMs, now: options.now });
-      const server = new ControlServer({ service, store, metrics, authenticator, console: operatorConsole, logger, grpc, http, scheduler, keyring, keyFile: config.store.keyFile });
+      const server = new ControlServer({ service, store, metrics, authenticator, console: operatorConsole, logger, grpc, http, scheduler, keyring, keyFile: config.store.keyFile, watch });
       try {
         server.#grpcPort = await bindGrpc(grpc, config.grpc.host, config.grpc.port, credentials);
         if (http !== null) server.#httpPort = await server.#listenHttp(http, config.http.host, config.http.port);
@@ -271,6 +277,8 @@ export class ControlServer implements Closable {
   #drainOnce(graceMs: number): Promise<void> {
     this.#drainPromise ??= (async () => {
       this.#stopTimers();
+      // Gateways' watches never finish by themselves either: they keep their lists and reconnect.
+      this.#watch.close();
       await this.#scheduler?.close();
       // Agents' streams never finish by themselves: end them now (agents reconnect with backoff).
       if (this.#agents !== null) {
@@ -303,6 +311,7 @@ export class ControlServer implements Closable {
 
   readonly close = once(async () => {
     this.#stopTimers();
+    this.#watch.close();
     this.console?.close();
     await this.#scheduler?.close();
     if (this.#agents !== null) {

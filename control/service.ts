@@ -41,6 +41,8 @@ export const MAX_PAGE = 500;
 export interface Caller extends Principal {
   /** For the audit log, e.g. `user:alice` or `system:scheduler`. */
   readonly name: string;
+  /** When the caller's token expires (ms since the epoch): a stream it opened ends then. */
+  readonly expiresAt?: number;
 }
 
 export function userCaller(subject: string, groups: readonly string[] = []): Caller {
@@ -116,7 +118,7 @@ export interface SelectedCluster {
 export type RunChange =
   | { kind: 'queued'; clusterId: string }
   | { kind: 'aborting'; clusterId: string; runId: string; reason: string }
-  /** The cluster's registration changed (mode, endpoint): connected agents get a fresh Welcome. */
+  /** A cluster was registered or its registration changed (mode, endpoint): connected agents get a fresh Welcome, watching gateways a new list. */
   | { kind: 'cluster'; clusterId: string };
 
 /** An agent authenticated by its workload certificate (the channel), not by RBAC. */
@@ -331,9 +333,14 @@ export class ControlService {
 
   // ---- clusters
 
+  /**
+   * Register a cluster, or change its registration (its mode included): `cluster.register` on the
+   * org (Admin), audited with the mode asked for, e.g. `org/acme/cluster/c1(mode=sovereign)`. The
+   * gateways watching the org (`watchClusters`) and the cluster's connected agents hear of it.
+   */
   async registerCluster(caller: Caller, input: RegisterClusterInput): Promise<ClusterRecord> {
     const org = checkName('org', input.org);
-    return this.#call(caller, 'cluster.register', { org }, `cluster/${input.id}`, async () => {
+    return this.#call(caller, 'cluster.register', { org }, `cluster/${input.id}(mode=${String(input.mode).slice(0, 16)})`, async () => {
       const id = checkName('id', input.id);
       if (input.mode !== 'tunnel' && input.mode !== 'sovereign') throw new TetherError(ControlErrorCode.INVALID_ARGUMENT, 'mode must be tunnel or sovereign');
       const existing = await this.store.getCluster(id);
@@ -355,7 +362,7 @@ export class ControlService {
         updatedAt: now,
       };
       await this.store.putCluster(cluster);
-      if (existing !== undefined) this.#emit({ kind: 'cluster', clusterId: id });
+      this.#emit({ kind: 'cluster', clusterId: id });
       return cluster;
     });
   }
@@ -370,6 +377,27 @@ export class ControlService {
 
   async listClusters(caller: Caller, org: string): Promise<ClusterRecord[]> {
     return this.#call(caller, 'cluster.read', { org }, 'clusters', () => this.store.listClusters(org));
+  }
+
+  /**
+   * A gateway starts following these orgs' clusters (control/cluster-watch.ts): `cluster.watch` on
+   * each org (the Gateway role, or Admin), audited once per org here; the stream's later lists are
+   * read with `watchedClusters`, which asks the graph again without an audit row each time.
+   */
+  async watchClusters(caller: Caller, orgs: readonly string[]): Promise<ClusterRecord[]> {
+    if (orgs.length === 0) throw new TetherError(ControlErrorCode.INVALID_ARGUMENT, 'orgs must name at least one org');
+    for (const org of orgs) await this.#call(caller, 'cluster.watch', { org: checkName('org', org) }, 'clusters(watch)', () => Promise.resolve());
+    return this.watchedClusters(caller, orgs);
+  }
+
+  /** The watched orgs' clusters now, if the caller may still watch every one (else PERMISSION_DENIED). */
+  async watchedClusters(caller: Caller, orgs: readonly string[]): Promise<ClusterRecord[]> {
+    const clusters: ClusterRecord[] = [];
+    for (const org of orgs) {
+      await this.#require(caller, 'cluster.watch', { org });
+      clusters.push(...(await this.store.listClusters(org)));
+    }
+    return clusters;
   }
 
   async #resolveCluster(org: string, clusterId: string | undefined): Promise<ClusterRecord> {
@@ -676,7 +704,7 @@ export class ControlService {
   async bind(caller: Caller, principal: string, role: string, scopeInput: ResourceScope): Promise<RbacEntry> {
     const scope = this.#bindingScope(scopeInput);
     return this.#call(caller, 'rbac.write', { org: scope.org }, `binding/${principal}/${role}`, async () => {
-      if (!isRole(role)) throw new TetherError(ControlErrorCode.INVALID_ARGUMENT, `role must be Viewer, Contributor or Admin`);
+      if (!isRole(role)) throw new TetherError(ControlErrorCode.INVALID_ARGUMENT, `role must be Viewer, Contributor, Admin or Gateway`);
       if (!/^(user|group):./.test(principal)) throw new TetherError(ControlErrorCode.INVALID_ARGUMENT, 'principal must be user:<subject> or group:<name>');
       checkText('principal', principal, LIMITS.text);
       const entry: RbacEntry = { id: bindingId(principal, role, scope), kind: 'binding', principal, role, scope };

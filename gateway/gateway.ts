@@ -3,6 +3,8 @@
  * tunnel connections (ALPN `tether-tunnel/1`); carries each client request as one HTTP/2 stream
  * through a tunnel of the request's cluster.
  */
+import { readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { Registry } from 'prom-client';
@@ -13,9 +15,10 @@ import type { Closable } from '../common/lifecycle.js';
 import { once } from '../common/lifecycle.js';
 import { createLogger, type Logger } from '../common/log.js';
 import { createRegistry } from '../common/metrics.js';
-import { parseOptions } from '../common/options.js';
+import { INVALID_OPTIONS, parseOptions } from '../common/options.js';
 import { Bindings } from './binding/bindings.js';
 import { ClientAuthenticator, claimAuthorizer, type Authorizer } from './client-auth.js';
+import { ControlPlaneWatch, type WatchedCluster } from './control-plane-watch.js';
 import { FrontDoor, type ServerTls } from './front-door.js';
 import { GatewayMetrics } from './metrics.js';
 import { gatewayOptionsSchema, type GatewayConfig, type GatewayConfigInput } from './options.js';
@@ -30,6 +33,8 @@ export interface GatewayOptions extends GatewayConfigInput {
   authorizer?: Authorizer;
   /** Replace the agent identity check (default: certs' `checkTlsPeer` with SPIFFE, trust domain, deny-list). */
   checkAgent?: AgentCheck;
+  /** The control plane watch's bearer token, asked for at every connect (instead of `controlPlane.tokenFile`). */
+  controlPlaneToken?: () => string | Promise<string>;
   logger?: Logger;
   registry?: Registry;
 }
@@ -50,9 +55,13 @@ export class Gateway implements Closable {
   private plainAddr: AddressInfo | null = null;
   private agentAddr: AddressInfo | null = null;
   private replicaList: ReplicaInfo[];
+  /** Sovereign clusters set in the options: kept whatever the control plane sends. */
+  private readonly sovereignByOptions: readonly string[];
+  /** Following the control plane's cluster list and modes (`controlPlane` option), else null. */
+  readonly controlPlane: ControlPlaneWatch | null;
 
   constructor(options: GatewayOptions) {
-    const { tls, authorizer, checkAgent, logger, registry, ...rest } = options;
+    const { tls, authorizer, checkAgent, controlPlaneToken, logger, registry, ...rest } = options;
     this.config = parseOptions(gatewayOptionsSchema, rest, 'gateway');
     this.logger = logger ?? createLogger('gateway');
     const auth = new ClientAuthenticator(this.config.auth);
@@ -71,6 +80,44 @@ export class Gateway implements Closable {
       this.metrics.tunnelConnections.reset();
       for (const [cluster, n] of Object.entries(this.tunnels.countsByCluster())) this.metrics.tunnelConnections.set({ cluster }, n);
     });
+    this.sovereignByOptions = [...this.config.sovereignClusters];
+    this.controlPlane = this.config.controlPlane === undefined ? null : this.watchControlPlane(this.config.controlPlane, controlPlaneToken);
+  }
+
+  private watchControlPlane(options: NonNullable<GatewayConfig['controlPlane']>, token: (() => string | Promise<string>) | undefined): ControlPlaneWatch {
+    const { tokenFile, caFile } = options;
+    if ((tokenFile === undefined) === (token === undefined)) {
+      throw new TetherError(INVALID_OPTIONS, 'gateway.controlPlane: set exactly one of tokenFile or the controlPlaneToken option');
+    }
+    let ca: string | undefined;
+    if (caFile !== undefined) {
+      try {
+        ca = readFileSync(caFile, 'utf8');
+      } catch (reason) {
+        throw new TetherError(INVALID_OPTIONS, `gateway.controlPlane.caFile: cannot read ${caFile}`, { cause: reason });
+      }
+    }
+    return new ControlPlaneWatch({
+      url: options.url,
+      orgs: options.orgs,
+      gatewayId: this.config.id,
+      token: token ?? (() => readFile(tokenFile as string, 'utf8')),
+      ...(ca === undefined ? {} : { ca }),
+      backoff: options.backoff,
+      apply: (clusters) => this.applyControlPlane(clusters),
+      logger: this.logger.child({ component: 'control-plane-watch' }),
+      registry: this.metrics.registry,
+    });
+  }
+
+  /**
+   * A list from the control plane: its clusters replace the registered ones, and its sovereign ones
+   * plus the options' are refused. Its `tunnel` only lifts the gateway's early refusal: the agent
+   * dials no tunnel unless the customer signed `tunnel` (README: sovereign mode).
+   */
+  private applyControlPlane(clusters: readonly WatchedCluster[]): void {
+    this.setClusters(clusters.map((cluster) => cluster.id));
+    this.setSovereignClusters([...this.sovereignByOptions, ...clusters.filter((cluster) => cluster.mode === 'sovereign').map((cluster) => cluster.id)]);
   }
 
   private defaultCheck(socket: TLSSocket): ReturnType<AgentCheck> {
@@ -96,6 +143,7 @@ export class Gateway implements Closable {
       this.admin = new AdminServer({ registry: this.registry, readiness: () => this.readiness(), ...this.config.admin });
       await this.admin.listen();
     }
+    this.controlPlane?.start();
     this.logger.info({ id: this.config.id, tls: this.address, agents: this.agentAddress, plain: this.plainUrl }, 'gateway listening');
   }
 
@@ -134,7 +182,8 @@ export class Gateway implements Closable {
   }
 
   readiness(): Readiness {
-    return { ready: this.tlsAddress !== null, details: { tunnels: this.tunnels.countsByCluster() } };
+    const controlPlane = this.controlPlane === null ? {} : { controlPlane: { connected: this.controlPlane.connected, clusters: this.controlPlane.clusters?.length ?? null } };
+    return { ready: this.tlsAddress !== null, details: { tunnels: this.tunnels.countsByCluster(), ...controlPlane } };
   }
 
   updateTls(serverTls: ServerTls): void {
@@ -230,6 +279,7 @@ export class Gateway implements Closable {
 
   private async drainNow(graceMs: number): Promise<void> {
     const deadline = Date.now() + graceMs;
+    this.controlPlane?.close();
     this.acceptor.announceDrain(this.config.agentRetryAfterMs);
     const stopped = this.frontDoor.stopAccepting();
     this.bindings.drain();
@@ -249,6 +299,7 @@ export class Gateway implements Closable {
   }
 
   readonly close = once(async (): Promise<void> => {
+    this.controlPlane?.close();
     this.acceptor.announceDrain(this.config.agentRetryAfterMs);
     const stopped = this.frontDoor.stopAccepting();
     await this.acceptor.closeAll(0);

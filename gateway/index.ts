@@ -6,4 +6,5 @@ export type { AgentCheck, AgentPeer } from './tunnel-acceptor.js';
 export type { ServerTls } from './front-door.js';
 export { GatewayMetrics } from './metrics.js';
 export * as tunnel from './tunnel/index.js';
+export { ControlPlaneWatch, ControlPlaneErrorCode, type WatchedCluster } from './control-plane-watch.js';
 export { accessAuthorizer, type AccessCheck, type AccessAuthorizerOptions } from './access-authorizer.js';

@@ -47,6 +47,27 @@ export const gatewayOptionsSchema = z.object({
    * `Gateway.setSovereignClusters` replaces the list at run time.
    */
   sovereignClusters: z.array(z.string().min(1)).default([]),
+  /**
+   * Follow the control plane's cluster list and modes (gateway/control-plane-watch.ts): on every
+   * list it sends, `clusters` is replaced by its clusters and `sovereignClusters` by its sovereign
+   * ones plus those set here. Until the first list the options' lists apply; while disconnected the
+   * last list stays (fail-static). The bearer token is read from `tokenFile` at every connect (or
+   * comes from `GatewayOptions.controlPlaneToken`); it needs `cluster.watch` on each of `orgs`.
+   */
+  controlPlane: z
+    .object({
+      /** The control plane's gRPC API: `https://host:port` (TLS), or `http://` on a loopback host only. */
+      url: z.url({ protocol: /^https?$/ }),
+      orgs: z.array(z.string().min(1)).min(1),
+      tokenFile: z.string().min(1).optional(),
+      /** PEM roots for the control plane's certificate (default: Node's). */
+      caFile: z.string().min(1).optional(),
+      backoff: z
+        .object({ initialDelayMs: z.number().int().min(1).default(500), maxDelayMs: z.number().int().min(1).default(30_000) })
+        .refine((b) => b.maxDelayMs >= b.initialDelayMs, { message: 'maxDelayMs must be >= initialDelayMs' })
+        .prefault({}),
+    })
+    .optional(),
   /** SPIFFE trust domain agent certificates must name. */
   trustDomain: z.string().min(1),
   /** Revoked certificate serials (lowercase hex). */

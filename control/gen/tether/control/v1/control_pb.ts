@@ -1350,7 +1350,7 @@ export type RbacEntry = Message<"tether.control.v1.RbacEntry"> & {
   kind: string;
 
   /**
-   * Binding: principal (user:<subject> or group:<name>), role (Viewer, Contributor, Admin), scope
+   * Binding: principal (user:<subject> or group:<name>), role (Viewer, Contributor, Admin, Gateway), scope
    * (org; optional project and/or domain).
    *
    * @generated from field: string principal = 3;
