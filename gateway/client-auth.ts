@@ -6,7 +6,7 @@
 import { createLocalJWKSet, createRemoteJWKSet, decodeJwt, jwtVerify, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import { TetherError } from '../common/errors.js';
 import type { GatewayConfig } from './options.js';
-import { DEFAULT_TOKEN_CACHE, VerifiedTokenCache } from './verified-token-cache.js';
+import { DEFAULT_TOKEN_CACHE, VerifiedTokenCache } from '../common/verified-token-cache.js';
 
 export interface ClientIdentity {
   subject: string;

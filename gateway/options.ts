@@ -1,7 +1,7 @@
 /** The gateway's options, validated once at start (`parseOptions`). */
 import { z } from 'zod';
 import { DEFAULT_TUNNEL_LIMITS } from './tunnel/index.js';
-import { DEFAULT_TOKEN_CACHE } from './verified-token-cache.js';
+import { DEFAULT_TOKEN_CACHE } from '../common/verified-token-cache.js';
 
 const address = z.object({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(0) });
 
@@ -77,7 +77,7 @@ export const gatewayOptionsSchema = z.object({
       mode: z.literal('jwt'),
       issuers: z.array(issuer).min(1),
       clustersClaim: z.string().default('clusters'),
-      /** Verified tokens remembered until their `exp`, at most `maxAgeMs` (gateway/verified-token-cache.ts); `maxEntries: 0` turns it off. */
+      /** Verified tokens remembered until their `exp`, at most `maxAgeMs` (common/verified-token-cache.ts); `maxEntries: 0` turns it off. */
       tokenCache: z
         .object({
           maxEntries: z.number().int().min(0).default(DEFAULT_TOKEN_CACHE.maxEntries),

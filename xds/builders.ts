@@ -232,6 +232,12 @@ export interface SovereignListenerSpec {
     clockSkewSeconds?: number;
     /** Metadata key the verified payload is stored under for RBAC; default `jwt_payload`. */
     payloadInMetadata?: string;
+    /**
+     * Verified tokens the router (or Envoy) remembers, skipping the signature check for a token
+     * seen before (`jwt_cache_config.jwt_cache_size`); default 100, Envoy's own default; 0 leaves
+     * `jwt_cache_config` out (every request verified).
+     */
+    cacheSize?: number;
   };
   /** RBAC rules; ALLOW by default (a request no policy matches is refused). */
   rbac: { action?: 'ALLOW' | 'DENY'; policies: Record<string, { principals: PrincipalSpec[]; permissions?: PermissionSpec[] }> };
@@ -308,6 +314,7 @@ export function sovereignListener(spec: SovereignListenerSpec): Listener {
         payloadInMetadata: payloadKey,
         claimToHeaders: (spec.jwt.claimToHeaders ?? []).map((c) => ({ claimName: c.claim, headerName: c.header })),
         ...(spec.jwt.clockSkewSeconds === undefined ? {} : { clockSkewSeconds: spec.jwt.clockSkewSeconds }),
+        ...(spec.jwt.cacheSize === 0 ? {} : { jwtCacheConfig: { jwtCacheSize: spec.jwt.cacheSize ?? 100 } }),
       },
     },
     rules: (spec.jwt.requirePrefixes ?? ['/']).map((prefix) => ({

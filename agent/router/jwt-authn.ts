@@ -7,6 +7,13 @@
  * clock skew (at most 60 s). Remote JWKS are cached for `cache_duration` (refetched on an unknown
  * `kid` at most every 30 s); their URI must be https (plain http only to loopback).
  *
+ * A provider with `jwt_cache_config` remembers the tokens it verified (`jwt_cache_size` of them,
+ * Envoy's default 100), as Envoy does: a hit skips the signature check but still checks the
+ * requirement's audiences against the token's `aud`; an entry lasts until the token's `exp` and
+ * at most 60 s (so a key withdrawn from the JWKS stops being honoured within the JWKS cache
+ * duration plus 60 s); only successes are cached (common/verified-token-cache.ts). The token
+ * must be byte-for-byte the one verified (the key is the SHA-256 of the whole compact token).
+ *
  * Where this differs from Envoy: the token is read from `Authorization: Bearer` only (Envoy also
  * reads an `access_token` query parameter by default); `iss` and `audiences` may not be empty (Envoy
  * then skips those checks); `exp` is always required; a remote JWKS is fetched from its URI
@@ -20,8 +27,10 @@ import { TetherError, getErrorMessage } from '../../common/errors.js';
 import { ASYMMETRIC_JWS_ALGORITHMS } from '../../certs/workload-token.js';
 import { TokenErrorCode, isKeyFetchFailure, toTokenError, tokenError } from '../../certs/workload-token-errors.js';
 import { CachedRemoteKeySet, unfetchableReason } from '../../certs/workload-token-keys.js';
+import { VerifiedTokenCache } from '../../common/verified-token-cache.js';
 import {
   JwtAuthenticationSchema,
+  JwtCacheConfigSchema,
   JwtHeaderSchema,
   JwtProviderSchema,
   RemoteJwksSchema,
@@ -44,6 +53,11 @@ const DEFAULT_CLOCK_SKEW_SEC = 60;
 const DEFAULT_JWKS_CACHE_MS = 600_000;
 const DEFAULT_JWKS_TIMEOUT_MS = 5_000;
 const JWKS_COOLDOWN_MS = 30_000;
+/** Envoy's `jwt_cache_size` default, and the most we accept (entries are at most 16 KiB of claims each). */
+const DEFAULT_JWT_CACHE_SIZE = 100;
+const MAX_JWT_CACHE_SIZE = 100_000;
+/** Longest a verification is reused: bounds how long a token passes after its key leaves the JWKS. */
+const JWT_CACHE_MAX_AGE_MS = 60_000;
 const ALGORITHMS: readonly string[] = ASYMMETRIC_JWS_ALGORITHMS;
 
 export type JwksSource = { kind: 'remote'; uri: string; cacheMs: number; timeoutMs: number } | { kind: 'local'; getKey: JWTVerifyGetKey };
@@ -58,6 +72,8 @@ export interface JwtProviderConfig {
   payloadKey: string | null;
   claimToHeaders: Array<{ claim: string; header: string }>;
   clockSkewSec: number;
+  /** Verified tokens remembered (`jwt_cache_config.jwt_cache_size`); 0 when the provider has no cache. */
+  cacheSize: number;
 }
 
 export type Requirement =
@@ -124,6 +140,13 @@ function compileProvider(name: string, provider: JwtProvider, at: string, proble
   provider.claimToHeaders.forEach((c, k) => {
     if (c.claimName === '' || c.headerName === '') problems.push({ field: join(at, `claim_to_headers[${k}]`), message: 'claim_name and header_name are required' });
   });
+  let cacheSize = 0;
+  if (provider.jwtCacheConfig !== undefined) {
+    const cat = join(at, 'jwt_cache_config');
+    onlyFields(JwtCacheConfigSchema, provider.jwtCacheConfig, ['jwt_cache_size'], cat, problems);
+    cacheSize = provider.jwtCacheConfig.jwtCacheSize === 0 ? DEFAULT_JWT_CACHE_SIZE : provider.jwtCacheConfig.jwtCacheSize;
+    if (cacheSize > MAX_JWT_CACHE_SIZE) problems.push({ field: join(cat, 'jwt_cache_size'), message: `${cacheSize} is more than the ${MAX_JWT_CACHE_SIZE} allowed` });
+  }
   let jwks: JwksSource | null = null;
   const source = provider.jwksSourceSpecifier;
   if (source.case === 'remoteJwks') {
@@ -160,6 +183,7 @@ function compileProvider(name: string, provider: JwtProvider, at: string, proble
     payloadKey: provider.payloadInMetadata === '' ? null : provider.payloadInMetadata,
     claimToHeaders: provider.claimToHeaders.map((c) => ({ claim: c.claimName, header: c.headerName.toLowerCase() })),
     clockSkewSec: skew,
+    cacheSize,
   };
 }
 
@@ -236,8 +260,35 @@ export type AuthnOutcome =
   | { ok: false; error: TetherError; rule: number };
 
 /** Enforces compiled jwt_authn configurations; owns the remote key sets (kept across updates). */
+export type JwtCacheLookup = 'hit' | 'miss';
+
+export interface JwtAuthenticatorOptions {
+  /** Called on every lookup in a provider's verified-token cache (for a metric). */
+  onCacheLookup?: (result: JwtCacheLookup) => void;
+  now?: () => number;
+}
+
 export class JwtAuthenticator {
   readonly #remote = new Map<string, CachedRemoteKeySet>();
+  /** Per compiled provider: a new configuration starts with empty caches. */
+  #caches = new WeakMap<JwtProviderConfig, VerifiedTokenCache<JWTPayload>>();
+  readonly #onCacheLookup: (result: JwtCacheLookup) => void;
+  readonly #now: () => number;
+
+  constructor(options: JwtAuthenticatorOptions = {}) {
+    this.#onCacheLookup = options.onCacheLookup ?? (() => undefined);
+    this.#now = options.now ?? Date.now;
+  }
+
+  #cacheOf(provider: JwtProviderConfig): VerifiedTokenCache<JWTPayload> | null {
+    if (provider.cacheSize === 0) return null;
+    let cache = this.#caches.get(provider);
+    if (cache === undefined) {
+      cache = new VerifiedTokenCache<JWTPayload>({ maxEntries: provider.cacheSize, maxAgeMs: JWT_CACHE_MAX_AGE_MS, maxTokenBytes: MAX_TOKEN_LENGTH, now: this.#now });
+      this.#caches.set(provider, cache);
+    }
+    return cache;
+  }
 
   /** Remote JWKS fetches so far, per URI (for tests and status). */
   fetches(uri: string): number {
@@ -260,6 +311,23 @@ export class JwtAuthenticator {
 
   /** Verify `token` for one provider (audiences optionally overridden by the requirement). */
   async verify(provider: JwtProviderConfig, token: string, audiences: string[] | null = null): Promise<VerifiedToken> {
+    const cache = this.#cacheOf(provider);
+    const key = cache?.keyOf(token) ?? null;
+    if (cache !== null) {
+      const payload = cache.get(key);
+      this.#onCacheLookup(payload === undefined ? 'miss' : 'hit');
+      if (payload !== undefined) {
+        // The signature, issuer, exp and nbf passed for these exact bytes; the audiences asked for may differ.
+        if (!audienceMatches(payload.aud, audiences ?? provider.audiences)) throw tokenError(TokenErrorCode.WRONG_AUDIENCE, `"aud" is not one of ${JSON.stringify(audiences ?? provider.audiences)}`);
+        return { provider, payload };
+      }
+    }
+    const verified = await this.#verifySignature(provider, token, audiences);
+    cache?.set(key, verified.payload, verified.payload.exp);
+    return verified;
+  }
+
+  async #verifySignature(provider: JwtProviderConfig, token: string, audiences: string[] | null): Promise<VerifiedToken> {
     try {
       if (token.length > MAX_TOKEN_LENGTH) throw tokenError(TokenErrorCode.MALFORMED, `token longer than ${MAX_TOKEN_LENGTH} characters`);
       if (token.split('.').length !== 3) throw tokenError(TokenErrorCode.MALFORMED, 'not a compact JWS (three dot-separated parts)');
@@ -360,10 +428,16 @@ export class JwtAuthenticator {
     }
   }
 
-  /** Forget the cached key sets. */
+  /** Forget the cached key sets and verified tokens. */
   clear(): void {
     this.#remote.clear();
+    this.#caches = new WeakMap();
   }
+}
+
+function audienceMatches(aud: unknown, allowed: readonly string[]): boolean {
+  const values = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : [];
+  return values.some((value) => typeof value === 'string' && allowed.includes(value));
 }
 
 /** The token of `Authorization: Bearer <token>`, or null. */

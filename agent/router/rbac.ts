@@ -10,7 +10,8 @@
  * enforced. Refused: CEL conditions, the `matcher` API, mTLS principals (`authenticated`),
  * filter-state and destination matchers, LOG.
  */
-import { BlockList, isIP } from 'node:net';
+import { isIP } from 'node:net';
+import { cidrMatcher } from './cidr.js';
 import { fromBinary } from '@bufbuild/protobuf';
 import type { Any } from '@bufbuild/protobuf/wkt';
 import type { JWTPayload } from 'jose';
@@ -72,15 +73,12 @@ function cidrTest(range: CidrRange, at: string, read: (r: RbacRequest) => string
     problems.push({ field: join(at, 'prefix_len'), message: `${bits} is too long` });
     return null;
   }
-  const list = new BlockList();
-  const type = family === 4 ? 'ipv4' : 'ipv6';
-  list.addSubnet(range.addressPrefix, bits, type);
-  return (r) => {
-    const ip = plainIp(read(r));
-    const kind = isIP(ip);
-    if (kind === 0) return false;
-    return list.check(ip, kind === 4 ? 'ipv4' : 'ipv6');
-  };
+  const inside = cidrMatcher(range.addressPrefix, bits);
+  if (inside === null) {
+    problems.push({ field: join(at, 'address_prefix'), message: `"${range.addressPrefix}" is not usable as a range` });
+    return null;
+  }
+  return (r) => inside(plainIp(read(r)));
 }
 
 function valueTest(matcher: ValueMatcher | undefined, at: string, problems: Problem[]): ((value: unknown) => boolean) | null {

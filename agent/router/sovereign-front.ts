@@ -136,9 +136,10 @@ interface SovereignMetrics {
   connections: Counter<'result'>;
   open: Gauge;
   requests: Counter<'code'>;
+  jwtCache: Counter<'result'>;
 }
 
-const SOVEREIGN_METRICS = ['tether_sovereign_connections_total', 'tether_sovereign_connections_open', 'tether_sovereign_requests_total'] as const;
+const SOVEREIGN_METRICS = ['tether_sovereign_connections_total', 'tether_sovereign_connections_open', 'tether_sovereign_requests_total', 'tether_sovereign_jwt_cache_lookups_total'] as const;
 
 function createMetrics(registry: Registry): SovereignMetrics {
   const registers = [registry];
@@ -154,6 +155,12 @@ function createMetrics(registry: Registry): SovereignMetrics {
       name: 'tether_sovereign_requests_total',
       help: 'Requests on the sovereign listener by outcome: OK, or the code answered (UNAUTHENTICATED, TOKEN_*, RBAC_DENIED, NO_ROUTE, UPSTREAM_*, ...).',
       labelNames: ['code'],
+      registers,
+    }),
+    jwtCache: new Counter({
+      name: 'tether_sovereign_jwt_cache_lookups_total',
+      help: 'Lookups in the jwt_authn providers\' verified-token caches (jwt_cache_config): hit (no signature check) or miss.',
+      labelNames: ['result'],
       registers,
     }),
   };
@@ -174,7 +181,7 @@ export class SovereignFront extends EventEmitter<SovereignFrontEvents> implement
   readonly #logger: Logger;
   readonly #metrics: SovereignMetrics;
   readonly #proxy: RouterProxy;
-  readonly #authenticator = new JwtAuthenticator();
+  readonly #authenticator: JwtAuthenticator;
   readonly #h1: http.Server;
   readonly #options: Required<Pick<SovereignFrontOptions, 'proxyHeaderTimeoutMs' | 'handshakeTimeoutMs' | 'idleTimeoutMs' | 'readyTimeoutMs'>>;
   /** Raw connections (until closed), with what is known of them. */
@@ -197,6 +204,8 @@ export class SovereignFront extends EventEmitter<SovereignFrontEvents> implement
     this.#logger = options.logger ?? silentLogger();
     this.registry = options.registry ?? createRegistry();
     this.#metrics = createMetrics(this.registry);
+    const jwtCache = this.#metrics.jwtCache;
+    this.#authenticator = new JwtAuthenticator({ onCacheLookup: (result) => jwtCache.inc({ result }) });
     this.#proxy = new RouterProxy({ router: options.router, ...(options.defaultTimeoutMs === undefined ? {} : { defaultTimeoutMs: options.defaultTimeoutMs }) });
     this.#options = {
       proxyHeaderTimeoutMs: options.proxyHeaderTimeoutMs ?? 5_000,

@@ -63,6 +63,9 @@ test('a valid token from an allowed network reaches the upstream: token stripped
     t.is(v2.status, 200);
     t.deepEqual((await rig.access((r) => r.proxy === 2, 'the v2 request')).client, { address: '10.9.8.7', port: 5555 });
     t.is(rig.idp.fetches, 1, 'the remote JWKS is cached for cache_duration');
+    const lookups = await rig.front.registry.getSingleMetricAsString('tether_sovereign_jwt_cache_lookups_total');
+    t.regex(lookups, /result="miss"\} 1$/m, 'the first request verified the token (jwt_cache_config is on by default)');
+    t.regex(lookups, /result="hit"\} 1$/m, 'the second found it verified');
   }));
 
 test('refusals: no token 401, expired 401, wrong audience 401, foreign issuer 401, HMAC 401, no role 403, outside the networks 403; each with its code and metric', (t) =>

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { ClientAuthenticator } from '../../gateway/client-auth.js';
-import { VerifiedTokenCache } from '../../gateway/verified-token-cache.js';
+import { VerifiedTokenCache } from '../../common/verified-token-cache.js';
 import { failOnLeaks } from '../helpers/leaks.js';
 import { plainH1Request } from '../helpers/tunnel-clients.js';
 import { AUDIENCE, ISSUER, createTokenIssuer, startTunnelEnv } from '../helpers/tunnel-env.js';
