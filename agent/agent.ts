@@ -383,6 +383,9 @@ export class Agent implements Closable, ModeAuthority {
    */
   setRoutes(routes: AgentConfig['routes'], tcpTargets: string[] = this.config.tcpTargets): void {
     const table = new RouteTable(routes, tcpTargets);
+    // The embedded xDS server (and so the built-in router, and an Envoy) follows too; a snapshot it
+    // refuses throws here, before anything else changed.
+    this.xdsPart?.setRoutes(routes);
     this.config.routes = routes;
     this.config.tcpTargets = tcpTargets;
     this.streams.routes = table;

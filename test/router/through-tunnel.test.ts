@@ -132,3 +132,43 @@ test('tunnelled requests follow a weight change made through the agent xDS serve
   t.is(count('weighted-0-100', 'a'), 0, 'nothing started after the ACK went to a');
   t.log(`${replies.length} tunnelled requests, 0 failed; 100/0: a=${count('weighted-100-0', 'a')}; switching: a=${count('switching', 'a')} b=${count('switching', 'b')}; 0/100: b=${count('weighted-0-100', 'b')}`);
 });
+
+test('Agent.setRoutes reaches the built-in router: a route added to the agent is served by xDS and routes tunnelled requests', async (t) => {
+  const a = await namedUpstream('a');
+  const b = await namedUpstream('b');
+  const env = await startTunnelEnv({
+    clusters: ['c1'],
+    agents: [{ clusterId: 'c1', routes: [{ prefix: '/', upstream: `http://127.0.0.1:${a.port}` }], xds: { listen: { host: '127.0.0.1', port: 0 }, useBuiltInRouter: true } }],
+  });
+  try {
+    const agent = env.agents[0];
+    const client = agent?.xds?.client;
+    if (agent === undefined || client === null || client === undefined) throw new Error('agent has no built-in router');
+    const token = await env.token(['c1']);
+    const body = async (path: string) => (await h1Request(env.gateway.address, env.pki.trustBundlePem, { cluster: 'c1', token, path })).body.toString();
+    t.is(await body('/b/x'), 'a', 'before: one route to a');
+    const acked = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        client.off('ack', on);
+        reject(new Error('the router was sent no new routes within 5 s'));
+      }, 5000);
+      const on = (e: AdsEvent) => {
+        if (e.kind !== 'route') return;
+        clearTimeout(timer);
+        client.off('ack', on);
+        resolve();
+      };
+      client.on('ack', on);
+    });
+    agent.setRoutes([
+      { prefix: '/b/', upstream: `http://127.0.0.1:${b.port}` },
+      { prefix: '/', upstream: `http://127.0.0.1:${a.port}` },
+    ]);
+    await acked;
+    t.is(await body('/b/x'), 'b', 'the new route, through the agent xDS server and its router');
+    t.is(await body('/other'), 'a');
+  } finally {
+    await env.close();
+    await Promise.all([a.close(), b.close()]);
+  }
+});
