@@ -266,6 +266,7 @@ class Session {
     if (!this.#welcomed || this.#closed) return;
     const cluster = await this.#channel.service.store.getCluster(this.agent.clusterId);
     if (cluster !== undefined) this.#sendWelcome(cluster);
+    else this.fail(AgentChannelErrorCode.UNKNOWN_CLUSTER, status.NOT_FOUND, `cluster ${this.agent.clusterId} was deleted`);
   }
 
   /** Lease queued runs up to capacity (one lease round at a time; a request during one repeats it). */

@@ -181,6 +181,10 @@ export function apiMethods(service: ControlService, options: ApiOptions = {}): M
   });
   unary(C.getCluster, async (request, caller) => ({ cluster: clusterMessage(await service.getCluster(caller, request.org, request.id)) }));
   unary(C.listClusters, async (request, caller) => ({ clusters: (await service.listClusters(caller, request.org)).map(clusterMessage) }));
+  unary(C.deleteCluster, async (request, caller) => {
+    await service.deleteCluster(caller, request.org, request.id);
+    return {};
+  });
   unary(C.selectCluster, async (request, caller) => {
     const selected = await service.selectCluster(caller, { ...scopeOf(request.scope), clusterId: request.clusterId, runId: request.runId, operation: request.operation });
     return { clusterId: selected.clusterId, mode: modeMessage(selected.mode), clusterEndpoint: selected.endpoint };

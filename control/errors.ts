@@ -50,6 +50,8 @@ export const ControlErrorCode = {
   SCHEDULE_INVALID: 'SCHEDULE_INVALID',
   /** No cluster was named and none could be chosen; or the named cluster is not registered. */
   CLUSTER_UNKNOWN: 'CLUSTER_UNKNOWN',
+  /** A cluster cannot be deleted while a run of it is not finished or an active schedule targets it. */
+  CLUSTER_IN_USE: 'CLUSTER_IN_USE',
   /** This control plane has no CA configured, so it does not exchange workload tokens. */
   IDENTITY_EXCHANGE_DISABLED: 'IDENTITY_EXCHANGE_DISABLED',
   /** The request body is larger than the API accepts. */

@@ -29,6 +29,7 @@ export const OPERATIONS = [
   'cluster.read',
   'cluster.select',
   'cluster.register',
+  'cluster.delete',
   'cluster.watch',
   'rbac.read',
   'rbac.write',

@@ -367,6 +367,25 @@ export class ControlService {
     });
   }
 
+  /**
+   * Remove a cluster's registration: `cluster.delete` on the org (Admin), audited. Refused with
+   * `CLUSTER_IN_USE` while a run of it is unfinished or an active schedule targets it (abort or
+   * pause those first); finished runs and their history stay. The watching gateways drop it and
+   * its connected agents are disconnected with `UNKNOWN_CLUSTER`.
+   */
+  async deleteCluster(caller: Caller, org: string, id: string): Promise<void> {
+    return this.#call(caller, 'cluster.delete', { org: checkName('org', org) }, `cluster/${id}`, async () => {
+      const existing = await this.store.getCluster(id);
+      if (existing === undefined || existing.org !== org) throw notFound(`cluster ${id}`);
+      const outcome = await this.store.deleteCluster(id);
+      if (!outcome.deleted && (outcome.activeRuns > 0 || outcome.activeSchedules > 0)) {
+        throw new TetherError(ControlErrorCode.CLUSTER_IN_USE, `cluster ${id} still has ${outcome.activeRuns} unfinished run(s) and ${outcome.activeSchedules} active schedule(s)`);
+      }
+      if (!outcome.deleted) throw notFound(`cluster ${id}`);
+      this.#emit({ kind: 'cluster', clusterId: id });
+    });
+  }
+
   async getCluster(caller: Caller, org: string, id: string): Promise<ClusterRecord> {
     return this.#call(caller, 'cluster.read', { org }, `cluster/${id}`, async () => {
       const cluster = await this.store.getCluster(id);

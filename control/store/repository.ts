@@ -210,6 +210,12 @@ export interface ControlRepository {
   putCluster(cluster: ClusterRecord): Promise<void>;
   getCluster(id: string): Promise<ClusterRecord | undefined>;
   listClusters(org: string): Promise<ClusterRecord[]>;
+  /**
+   * Remove a cluster's registration, in one transaction with the check that nothing still needs
+   * it: no run of the cluster in a non-terminal phase and no active schedule targeting it (then
+   * nothing is removed and the counts say why). Finished runs and their events stay.
+   */
+  deleteCluster(id: string): Promise<ClusterDeletion>;
 
   /** Insert; false when the id exists. */
   insertSchedule(schedule: ScheduleRecord): Promise<boolean>;
@@ -230,4 +236,11 @@ export interface ControlRepository {
   listAudit(filter: { principal?: string; operation?: string }, limit: number, pageToken: string): Promise<Page<AuditRecord>>;
 
   close(): Promise<void>;
+}
+
+/** What `deleteCluster` did: removed, or what still uses the cluster. */
+export interface ClusterDeletion {
+  deleted: boolean;
+  activeRuns: number;
+  activeSchedules: number;
 }

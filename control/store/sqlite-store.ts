@@ -16,6 +16,7 @@ import type { Database, Row, Statement } from './sqlite.js';
 import type {
   AuditEntry,
   AuditRecord,
+  ClusterDeletion,
   ClusterRecord,
   ControlRepository,
   EventOutcome,
@@ -390,6 +391,20 @@ export class SqliteStore implements ControlRepository {
 
   async listClusters(org: string): Promise<ClusterRecord[]> {
     return this.#stmt('SELECT * FROM clusters WHERE org = ? ORDER BY id').all(org).map((row) => this.#clusterFrom(row));
+  }
+
+  async deleteCluster(id: string): Promise<ClusterDeletion> {
+    this.#beforeWrite();
+    const terminal = [Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED, Phase.TIMED_OUT];
+    return this.db.transaction((): ClusterDeletion => {
+      const runs = this.#stmt(`SELECT COUNT(*) AS n FROM runs WHERE cluster_id = ? AND phase NOT IN (${terminal.join(', ')})`).get(id);
+      const schedules = this.#stmt('SELECT COUNT(*) AS n FROM schedules WHERE cluster_id = ? AND active = 1').get(id);
+      const activeRuns = num(runs?.n);
+      const activeSchedules = num(schedules?.n);
+      if (activeRuns > 0 || activeSchedules > 0) return { deleted: false, activeRuns, activeSchedules };
+      const result = this.#stmt('DELETE FROM clusters WHERE id = ?').run(id);
+      return { deleted: result.changes > 0, activeRuns, activeSchedules };
+    })();
   }
 
   // ---- schedules

@@ -185,6 +185,9 @@ test('an agent is welcomed, leased its cluster\'s runs, reports phases (repeats 
   await server.service.registerCluster(alice, { org: 'acme', id: 'c1', mode: 'sovereign', endpoint: 'router.corp.internal', issuer: 'https://i.example', audience: 'a', allowedSubjects: ['s'] });
   t.like(await agent.next('welcome'), { clusterId: 'c1', mode: pb.ClusterMode.SOVEREIGN });
   t.deepEqual(server.agentChannel?.connected(), { c1: ['a1'] });
+  // Deleting the cluster (its runs all finished) disconnects its agent.
+  await server.service.deleteCluster(alice, 'acme', 'c1');
+  t.like(await agent.ended, { code: 'AGENT_UNKNOWN_CLUSTER', status: 5 });
   await server.drain(1_000);
 });
 

@@ -15,6 +15,7 @@ const MATRIX: Record<Operation, Record<Role, boolean>> = {
   'cluster.read': { Viewer: true, Contributor: true, Admin: true, Gateway: false },
   'cluster.select': { Viewer: true, Contributor: true, Admin: true, Gateway: false },
   'cluster.register': { Viewer: false, Contributor: false, Admin: true, Gateway: false },
+  'cluster.delete': { Viewer: false, Contributor: false, Admin: true, Gateway: false },
   'cluster.watch': { Viewer: false, Contributor: false, Admin: true, Gateway: true },
   'rbac.read': { Viewer: false, Contributor: false, Admin: true, Gateway: false },
   'rbac.write': { Viewer: false, Contributor: false, Admin: true, Gateway: false },

@@ -177,6 +177,37 @@ test('SelectCluster answers where the data plane is reached: by cluster, by run,
   t.is(await code(service.selectCluster(stranger, { ...SCOPE, clusterId: 'c1' })), ControlErrorCode.PERMISSION_DENIED);
 });
 
+test('DeleteCluster: Admin only, refused while a run is unfinished or a schedule active, audited; finished runs stay; watchers hear of it', async (t) => {
+  const service = await setup(t);
+  const changes: string[] = [];
+  const unsubscribe = service.onRunChange((change) => {
+    if (change.kind === 'cluster') changes.push(change.clusterId);
+  });
+  t.teardown(unsubscribe);
+  t.is(await code(service.deleteCluster(contributor, 'acme', 'c1')), ControlErrorCode.PERMISSION_DENIED);
+  t.is(await code(service.deleteCluster(viewer, 'acme', 'c1')), ControlErrorCode.PERMISSION_DENIED);
+  t.is(await code(service.deleteCluster(admin, 'acme', 'nope')), ControlErrorCode.NOT_FOUND);
+  t.is(await code(service.deleteCluster(admin, 'other-org', 'c1')), ControlErrorCode.PERMISSION_DENIED, 'not an admin of that org');
+
+  const run = await service.createRun(contributor, runInput());
+  t.is(await code(service.deleteCluster(admin, 'acme', 'c1')), ControlErrorCode.CLUSTER_IN_USE, 'a queued run');
+  await service.abortRun(contributor, run.id, 'not needed');
+  await service.createSchedule(contributor, { ...SCOPE, id: 'nightly', taskName: 'train', taskVersion: 'v1', cron: '0 3 * * *', inputs: { data: 's3://b/k' } });
+  t.is(await code(service.deleteCluster(admin, 'acme', 'c1')), ControlErrorCode.CLUSTER_IN_USE, 'an active schedule');
+  await service.setScheduleActive(contributor, 'nightly', false);
+  t.deepEqual(changes, [], 'nothing changed yet');
+
+  t.is(await code(service.deleteCluster(admin, 'acme', 'c1')), 'OK');
+  t.deepEqual(changes, ['c1']);
+  t.is(await code(service.getCluster(viewer, 'acme', 'c1')), ControlErrorCode.NOT_FOUND);
+  t.deepEqual(await service.listClusters(viewer, 'acme'), []);
+  t.is((await service.getRun(viewer, run.id)).phase, Phase.ABORTED, 'the finished run and its history stay');
+  t.is(await code(service.deleteCluster(admin, 'acme', 'c1')), ControlErrorCode.NOT_FOUND, 'once');
+  t.is(await code(service.createRun(contributor, runInput())), ControlErrorCode.CLUSTER_UNKNOWN, 'no cluster to run on');
+  const audit = (await service.listAudit(admin, 'acme', { operation: 'cluster.delete' }, 20, '')).items.map((entry) => `${entry.principal} ${entry.result}`);
+  t.deepEqual(audit.sort(), ['user:admin CLUSTER_IN_USE', 'user:admin CLUSTER_IN_USE', 'user:admin CONTROL_NOT_FOUND', 'user:admin CONTROL_NOT_FOUND', 'user:admin CONTROL_PERMISSION_DENIED', 'user:admin OK', 'user:carol CONTROL_PERMISSION_DENIED', 'user:victor CONTROL_PERMISSION_DENIED']);
+});
+
 test('schedules: two control planes sharing a store fire each run once; a restart after missed fires catches them up', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'tether-control-sched-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));

@@ -218,4 +218,14 @@ test.serial('the gateway follows registrations and mode changes, keeps its list 
   t.is(gateway.clusterMode('c1'), 'tunnel');
   t.not((await get(gateway, 'c1')).code, 'CLUSTER_SOVEREIGN');
   t.regex(await gateway.registry.metrics(), /tether_gateway_control_plane_updates_total\S* [4-9]/);
+
+  // Deleting clusters in the control plane (DeleteCluster): the gateway drops them, c1's tunnels
+  // included, and answers UNKNOWN_CLUSTER.
+  await world.control.service.deleteCluster(ADMIN, ORG, 'c3');
+  await world.control.service.deleteCluster(ADMIN, ORG, 'c1');
+  await listWhere(watch, (clusters) => !clusters.some((c) => c.id === 'c1' || c.id === 'c3'));
+  t.is(gateway.tunnels.countsByCluster().c1 ?? 0, 0);
+  t.like(await get(gateway, 'c1'), { status: 404, code: 'UNKNOWN_CLUSTER' });
+  t.like(await get(gateway, 'c3'), { status: 404, code: 'UNKNOWN_CLUSTER' });
+  t.like(await get(gateway, 'c2'), { status: 503, code: 'NO_TUNNEL' });
 });
