@@ -3,8 +3,9 @@
  * gateway replica opens one server stream, authenticated with its bearer token like every API call
  * and authorised with `cluster.watch` on each org it asks for (the Gateway role; audited once per
  * stream, refusals included). It gets the orgs' whole cluster list with each cluster's mode at
- * once, and again after every registration or mode change in this process (identical lists are not
- * sent twice). Every later list asks the RBAC graph again: a gateway whose binding was removed gets
+ * once, and again after every registration, mode change or deletion in this process, and, for
+ * changes another control-plane process made on the same store, at the next `pollMs` re-read
+ * (identical lists are not sent twice). Every later list asks the RBAC graph again: a gateway whose binding was removed gets
  * PERMISSION_DENIED at the next change. The stream ends with UNAUTHENTICATED when the caller's
  * token expires (the gateway reconnects with a fresh one), and with UNAVAILABLE when the control
  * plane drains.
@@ -38,6 +39,11 @@ export interface ClusterWatchOptions {
   authenticator: Authenticator;
   logger: Logger;
   metrics: Registry;
+  /**
+   * How often open streams re-read their orgs' lists (and the caller's rights) even without a
+   * change in this process: replicas sharing a store see each other's changes within this (5 s).
+   */
+  pollMs?: number;
   now?: () => number;
 }
 
@@ -128,6 +134,8 @@ export class ClusterWatch {
   readonly #streams = new Set<WatchStream>();
   readonly #watchers: Gauge;
   readonly #unsubscribe: () => void;
+  readonly #pollMs: number;
+  #poll: NodeJS.Timeout | null = null;
   #closed = false;
 
   constructor(options: ClusterWatchOptions) {
@@ -135,6 +143,7 @@ export class ClusterWatch {
     this.logger = options.logger;
     this.#authenticator = options.authenticator;
     this.#now = options.now ?? Date.now;
+    this.#pollMs = options.pollMs ?? 5_000;
     this.#watchers = new Gauge({ name: 'tether_control_gateway_watchers', help: 'Gateway watch streams open now.', registers: [options.metrics] });
     this.sent = new Counter({ name: 'tether_control_gateway_watch_lists_total', help: 'Cluster lists sent to watching gateways.', registers: [options.metrics] });
     this.#unsubscribe = this.service.onRunChange((change) => {
@@ -173,6 +182,9 @@ export class ClusterWatch {
     const stream = new WatchStream(call, caller, orgs, this, this.#now());
     this.#streams.add(stream);
     this.#watchers.set(this.#streams.size);
+    this.#poll ??= setInterval(() => {
+      for (const open of this.#streams) open.refresh();
+    }, this.#pollMs);
     call.on('cancelled', () => stream.close());
     call.on('close', () => stream.close());
     this.logger.info({ gateway: call.request.gatewayId, principal: caller.name, orgs }, 'gateway watching clusters');
@@ -184,6 +196,10 @@ export class ClusterWatch {
   forget(stream: WatchStream): void {
     this.#streams.delete(stream);
     this.#watchers.set(this.#streams.size);
+    if (this.#streams.size === 0 && this.#poll !== null) {
+      clearInterval(this.#poll);
+      this.#poll = null;
+    }
   }
 
   /** End every stream (UNAVAILABLE: gateways keep their lists and reconnect) and stop listening. */
@@ -191,6 +207,8 @@ export class ClusterWatch {
     if (this.#closed) return;
     this.#closed = true;
     this.#unsubscribe();
+    if (this.#poll !== null) clearInterval(this.#poll);
+    this.#poll = null;
     for (const stream of [...this.#streams]) stream.fail(new TetherError(ControlErrorCode.UNAVAILABLE, 'the control plane is shutting down'));
   }
 }

@@ -78,6 +78,8 @@ export const controlConfigSchema = z.object({
   admin: z.object({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(0) }).optional(),
   /** Accept file:// input/output URIs (dev only). */
   allowFileUris: z.boolean().default(false),
+  /** The gateways' watch: how often open streams re-read the list, so changes other replicas made on the same store reach them (ms). */
+  gatewayWatch: z.object({ pollMs: z.number().int().min(100).default(5_000) }).default({ pollMs: 5_000 }),
   scheduler: z.object({ enabled: z.boolean().default(true), maxWaitMs: z.number().int().min(100).default(30_000) }).default({ enabled: true, maxWaitMs: 30_000 }),
   /**
    * The operator console under `/console/` on the JSON/HTTP API's port (control/console/). Its

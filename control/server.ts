@@ -135,7 +135,7 @@ export class ControlServer implements Closable {
       const dispatch = createDispatch({ service, authenticator, logger, metrics });
       const grpc = createGrpcApi(methods, dispatch);
       // The gateways' watch of the cluster list and modes (control/cluster-watch.ts), on the same port.
-      const watch = new ClusterWatch({ service, authenticator, logger: logger.child({ component: 'gateway-watch' }), metrics, ...(options.now === undefined ? {} : { now: options.now }) });
+      const watch = new ClusterWatch({ service, authenticator, logger: logger.child({ component: 'gateway-watch' }), metrics, pollMs: config.gatewayWatch.pollMs, ...(options.now === undefined ? {} : { now: options.now }) });
       grpc.addService(serviceDefinition(ClusterWatchService), watch.implementation());
       const grpcTls = config.grpc.tls === undefined ? undefined : { cert: await readFile(config.grpc.tls.cert), key: await readFile(config.grpc.tls.key) };
       const credentials = grpcTls === undefined ? ServerCredentials.createInsecure() : ServerCredentials.createSsl(null, [{ cert_chain: grpcTls.cert, private_key: grpcTls.key }], false);

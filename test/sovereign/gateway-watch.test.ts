@@ -53,6 +53,7 @@ async function startControl(dir: string, issuerUrl: string, grpcPort: number): P
     auth: { issuers: [{ issuer: issuerUrl, audience: AUDIENCE }] },
     bootstrapAdmins: ['alice'],
     scheduler: { enabled: false },
+    gatewayWatch: { pollMs: 200 },
   });
   return ControlServer.start(config, { env: ENV, logger: silentLogger() });
 }
@@ -65,9 +66,14 @@ function register(service: ControlService, id: string, mode: 'tunnel' | 'soverei
 function listWhere(watch: ControlPlaneWatch, want: (clusters: readonly WatchedCluster[]) => boolean): Promise<readonly WatchedCluster[]> {
   const current = watch.clusters;
   if (current !== null && want(current)) return Promise.resolve(current);
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      watch.off('update', onUpdate);
+      reject(new Error(`no cluster list as wanted within 10 s (last: ${JSON.stringify(watch.clusters)})`));
+    }, 10_000);
     const onUpdate = (clusters: WatchedCluster[]): void => {
       if (!want(clusters)) return;
+      clearTimeout(timer);
       watch.off('update', onUpdate);
       resolve(clusters);
     };
@@ -228,4 +234,18 @@ test.serial('the gateway follows registrations and mode changes, keeps its list 
   t.like(await get(gateway, 'c1'), { status: 404, code: 'UNKNOWN_CLUSTER' });
   t.like(await get(gateway, 'c3'), { status: 404, code: 'UNKNOWN_CLUSTER' });
   t.like(await get(gateway, 'c2'), { status: 503, code: 'NO_TUNNEL' });
+
+  // Another control-plane replica on the same store (its own process in production; its own
+  // connection here) registers c5 and deletes c2: the watch's re-read brings both to the gateway.
+  const replicaStore = SqliteStore.open({ path: join(world.dir, 'control.db'), keyring: await loadKeyring({ env: ENV }) });
+  try {
+    const replica = new ControlService({ store: replicaStore });
+    await register(replica, 'c5', 'tunnel');
+    await replica.deleteCluster(ADMIN, ORG, 'c2');
+  } finally {
+    await replicaStore.close();
+  }
+  await listWhere(watch, (clusters) => modeOf(clusters, 'c5') === 'tunnel' && !clusters.some((c) => c.id === 'c2'));
+  t.like(await get(gateway, 'c5'), { status: 503, code: 'NO_TUNNEL' });
+  t.like(await get(gateway, 'c2'), { status: 404, code: 'UNKNOWN_CLUSTER' });
 });
