@@ -795,7 +795,8 @@ export class ControlService {
   // ---- audit
 
   async listAudit(caller: Caller, org: string, filter: { principal?: string; operation?: string }, limit: number | undefined, pageToken: string): Promise<Page<AuditRecord>> {
-    return this.#call(caller, 'audit.read', { org }, 'audit', () => this.store.listAudit(filter, pageSize(limit), pageToken));
+    // Only the org's own rows: an org's Admin never reads another tenant's audit trail.
+    return this.#call(caller, 'audit.read', { org }, 'audit', () => this.store.listAudit({ ...filter, org }, pageSize(limit), pageToken));
   }
 }
 

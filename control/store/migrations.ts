@@ -133,6 +133,19 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE TRIGGER audit_log_append_only_delete BEFORE DELETE ON audit_log BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
     `,
   },
+  {
+    version: 4,
+    description: "audit rows carry their org (ListAudit shows an org's admins their org's rows only); existing rows get it from their resource",
+    sql: `
+      ALTER TABLE audit_log ADD COLUMN org TEXT NOT NULL DEFAULT '';
+      DROP TRIGGER audit_log_append_only_update;
+      UPDATE audit_log SET org = substr(resource, 5, instr(substr(resource, 5) || '/', '/') - 1) WHERE resource LIKE 'org/%';
+      UPDATE audit_log SET org = COALESCE((SELECT c.org FROM clusters c WHERE c.id = substr(audit_log.resource, 9, instr(substr(audit_log.resource, 9) || '/', '/') - 1)), '')
+        WHERE resource LIKE 'cluster/%';
+      CREATE TRIGGER audit_log_append_only_update BEFORE UPDATE ON audit_log BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+      CREATE INDEX audit_by_org ON audit_log (org, seq);
+    `,
+  },
 ];
 
 /** Apply pending migrations; returns the schema version now in force. */

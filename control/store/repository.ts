@@ -159,6 +159,12 @@ export interface AuditEntry {
   resource: string;
   /** `OK` or the error code. */
   result: string;
+  /**
+   * The org the row belongs to (who may read it with ListAudit). When absent, the store takes it
+   * from the resource: `org/<org>/…`, or `cluster/<id>…` by the cluster's registration; otherwise
+   * '' (refusals before any org is known: only the store's operators see those).
+   */
+  org?: string;
 }
 
 export interface AuditRecord extends AuditEntry {
@@ -233,7 +239,7 @@ export interface ControlRepository {
   rbacRevision(): Promise<number>;
 
   appendAudit(entries: AuditEntry[]): Promise<void>;
-  listAudit(filter: { principal?: string; operation?: string }, limit: number, pageToken: string): Promise<Page<AuditRecord>>;
+  listAudit(filter: { org?: string; principal?: string; operation?: string }, limit: number, pageToken: string): Promise<Page<AuditRecord>>;
 
   close(): Promise<void>;
 }

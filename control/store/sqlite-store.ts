@@ -517,17 +517,32 @@ export class SqliteStore implements ControlRepository {
   async appendAudit(entries: AuditEntry[]): Promise<void> {
     if (entries.length === 0) return;
     this.#beforeWrite();
-    const insert = this.#stmt('INSERT INTO audit_log (at, principal, operation, resource, result) VALUES (?, ?, ?, ?, ?)');
+    const insert = this.#stmt('INSERT INTO audit_log (at, principal, operation, resource, result, org) VALUES (?, ?, ?, ?, ?, ?)');
     const append = this.db.transaction(() => {
-      for (const entry of entries) insert.run(entry.at, entry.principal, entry.operation, entry.resource, entry.result);
+      for (const entry of entries) insert.run(entry.at, entry.principal, entry.operation, entry.resource, entry.result, entry.org ?? this.#orgOf(entry.resource));
     });
     append.immediate();
   }
 
-  async listAudit(filter: { principal?: string; operation?: string }, limit: number, pageToken: string): Promise<Page<AuditRecord>> {
+  /** The org of an audit row's resource: `org/<org>…`, or `cluster/<id>…` by its registration; else ''. */
+  #orgOf(resource: string): string {
+    const [kind, name] = resource.split('/', 2);
+    if (kind === 'org') return name ?? '';
+    if (kind === 'cluster' && name !== undefined) {
+      const row = this.#stmt('SELECT org FROM clusters WHERE id = ?').get(name.replace(/\(.*$/, ''));
+      return row === undefined ? '' : String(row.org);
+    }
+    return '';
+  }
+
+  async listAudit(filter: { org?: string; principal?: string; operation?: string }, limit: number, pageToken: string): Promise<Page<AuditRecord>> {
     const cursor = decodeToken(pageToken);
     const where: string[] = [];
     const params: unknown[] = [];
+    if (filter.org !== undefined) {
+      where.push('org = ?');
+      params.push(filter.org);
+    }
     if (filter.principal !== undefined && filter.principal !== '') {
       where.push('principal = ?');
       params.push(filter.principal);
@@ -548,6 +563,7 @@ export class SqliteStore implements ControlRepository {
       operation: String(row.operation),
       resource: String(row.resource),
       result: String(row.result),
+      org: String(row.org),
     }));
     const last = items[items.length - 1];
     return { items, nextPageToken: rows.length > limit && last !== undefined ? encodeToken([last.seq]) : '' };

@@ -205,7 +205,9 @@ test('refusals: unregistered cluster, Hello naming another agent, no Hello first
   rude.send({ kind: { case: 'heartbeat', value: { running: 0 } } });
   t.is((await rude.ended).code, 'AGENT_NO_HELLO');
   const log = (await server.service.listAudit(alice, 'acme', { operation: 'agent.connect' }, 50, '')).items.map((entry) => `${entry.principal} ${entry.result}`);
-  t.deepEqual(log.reverse(), ['agent:c9/a1 AGENT_UNKNOWN_CLUSTER', 'agent:c1/a1 AGENT_ID_MISMATCH', 'agent:c1/a1 AGENT_NO_HELLO']);
+  t.deepEqual(log.reverse(), ['agent:c1/a1 AGENT_ID_MISMATCH', 'agent:c1/a1 AGENT_NO_HELLO'], "acme's log: its own cluster's agents only");
+  const unscoped = await server.store.listAudit({ org: '', operation: 'agent.connect' }, 50, '');
+  t.deepEqual(unscoped.items.map((entry) => `${entry.principal} ${entry.result}`), ['agent:c9/a1 AGENT_UNKNOWN_CLUSTER'], 'an unregistered cluster is no org\'s');
   // Without a client certificate the TLS handshake itself is refused.
   const socket = tlsConnect({ host: '127.0.0.1', port: server.agentPort, ca: w.pki.trustBundlePem, servername: 'localhost', ALPNProtocols: ['h2'] });
   const failure = await new Promise<string>((resolve) => {

@@ -177,6 +177,25 @@ test('SelectCluster answers where the data plane is reached: by cluster, by run,
   t.is(await code(service.selectCluster(stranger, { ...SCOPE, clusterId: 'c1' })), ControlErrorCode.PERMISSION_DENIED);
 });
 
+test("ListAudit shows an org's admins their own org's rows only, never another tenant's", async (t) => {
+  const service = await setup(t);
+  const gina = userCaller('gina');
+  await service.ensureAdmins('globex', ['gina']);
+  await service.registerCluster(gina, { org: 'globex', id: 'g1', mode: 'tunnel', endpoint: 'https://g1.example', issuer: 'https://i', audience: 'a', allowedSubjects: ['s'] });
+  await service.audit({ principal: 'agent:g1/a1', operation: 'agent.connect', resource: 'cluster/g1', result: 'OK' });
+  await service.audit({ principal: 'agent:c1/a1', operation: 'agent.connect', resource: 'cluster/c1', result: 'OK' });
+  t.is(await code(service.getCluster(admin, 'globex', 'g1')), ControlErrorCode.PERMISSION_DENIED);
+  const acme = (await service.listAudit(admin, 'acme', {}, 200, '')).items;
+  const globex = (await service.listAudit(gina, 'globex', {}, 200, '')).items;
+  t.true(acme.length > 0 && globex.length > 0);
+  t.deepEqual(acme.filter((entry) => entry.org !== 'acme'), []);
+  t.deepEqual(globex.filter((entry) => entry.org !== 'globex'), []);
+  t.false(acme.some((entry) => entry.resource.includes('g1') || entry.resource.startsWith('org/globex')), "acme's admin sees nothing of globex's cluster, nor its own refused call there");
+  t.true(globex.some((entry) => entry.principal === 'agent:g1/a1'), "an agent's row belongs to its cluster's org");
+  t.true(globex.some((entry) => entry.principal === 'user:admin' && entry.result === ControlErrorCode.PERMISSION_DENIED), "acme's admin knocking at globex is globex's to see");
+  t.is(await code(service.listAudit(admin, 'globex', {}, 10, '')), ControlErrorCode.PERMISSION_DENIED);
+});
+
 test('DeleteCluster: Admin only, refused while a run is unfinished or a schedule active, audited; finished runs stay; watchers hear of it', async (t) => {
   const service = await setup(t);
   const changes: string[] = [];
@@ -205,7 +224,7 @@ test('DeleteCluster: Admin only, refused while a run is unfinished or a schedule
   t.is(await code(service.deleteCluster(admin, 'acme', 'c1')), ControlErrorCode.NOT_FOUND, 'once');
   t.is(await code(service.createRun(contributor, runInput())), ControlErrorCode.CLUSTER_UNKNOWN, 'no cluster to run on');
   const audit = (await service.listAudit(admin, 'acme', { operation: 'cluster.delete' }, 20, '')).items.map((entry) => `${entry.principal} ${entry.result}`);
-  t.deepEqual(audit.sort(), ['user:admin CLUSTER_IN_USE', 'user:admin CLUSTER_IN_USE', 'user:admin CONTROL_NOT_FOUND', 'user:admin CONTROL_NOT_FOUND', 'user:admin CONTROL_PERMISSION_DENIED', 'user:admin OK', 'user:carol CONTROL_PERMISSION_DENIED', 'user:victor CONTROL_PERMISSION_DENIED']);
+  t.deepEqual(audit.sort(), ['user:admin CLUSTER_IN_USE', 'user:admin CLUSTER_IN_USE', 'user:admin CONTROL_NOT_FOUND', 'user:admin CONTROL_NOT_FOUND', 'user:admin OK', 'user:carol CONTROL_PERMISSION_DENIED', 'user:victor CONTROL_PERMISSION_DENIED']);
 });
 
 test('schedules: two control planes sharing a store fire each run once; a restart after missed fires catches them up', async (t) => {

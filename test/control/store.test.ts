@@ -158,6 +158,25 @@ test('migrations are recorded in schema_version and a newer schema is refused', 
   t.true(isTetherError(t.throws(() => migrate(db)), ControlErrorCode.STORE_SCHEMA_TOO_NEW));
 });
 
+test('migration 4 gives existing audit rows their org, from the resource or the cluster registration, and keeps the log append-only', (t) => {
+  const db = openDatabase(':memory:');
+  t.teardown(() => db.close());
+  migrate(db, MIGRATIONS.filter((m) => m.version <= 3));
+  db.prepare("INSERT INTO clusters (id, org, mode, endpoint, identity_json, created_at, updated_at) VALUES ('c1', 'globex', 'tunnel', 'e', '{}', 1, 1)").run();
+  const insert = db.prepare('INSERT INTO audit_log (at, principal, operation, resource, result) VALUES (1, ?, ?, ?, ?)');
+  for (const resource of ['org/acme/p1/dev/run/r1', 'org/acme', 'cluster/c1', 'cluster/c1/events(2)', 'cluster/c9', '']) insert.run('p', 'op', resource, 'OK');
+  t.is(migrate(db), MIGRATIONS.length);
+  const rows = db.prepare('SELECT resource, org FROM audit_log ORDER BY seq').all().map((row) => `${String(row.resource)} -> ${String(row.org)}`);
+  t.deepEqual(rows, ['org/acme/p1/dev/run/r1 -> acme', 'org/acme -> acme', 'cluster/c1 -> globex', 'cluster/c1/events(2) -> globex', 'cluster/c9 -> ', ' -> ']);
+  let refusal = 'none';
+  try {
+    db.prepare("UPDATE audit_log SET org = 'acme'").run();
+  } catch (reason) {
+    refusal = getErrorCode(reason) ?? 'unknown';
+  }
+  t.is(refusal, 'SQLITE_CONSTRAINT_TRIGGER', 'the append-only trigger is back');
+});
+
 test('the phase-transition log and the audit log are append-only in the database itself', async (t) => {
   const store = SqliteStore.open({ path: ':memory:', keyring: new Keyring([newKek('k1')]) });
   t.teardown(() => store.close());
