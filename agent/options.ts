@@ -81,7 +81,10 @@ export const sovereignListenerSchema = z.strictObject({
     claimToHeaders: z.array(z.strictObject({ claim: z.string().min(1), header: z.string().regex(/^[a-z0-9-]+$/, 'a lower-case header name') })).default([]),
     /** Path prefixes that require a valid token. */
     requirePrefixes: z.array(z.string().startsWith('/')).min(1).default(['/']),
-    clockSkewSeconds: z.number().int().min(0).max(300).optional(),
+    /** At most 60 s: what the router accepts (a larger skew would be NACKed when the listener starts). */
+    clockSkewSeconds: z.number().int().min(0).max(60).optional(),
+    /** Verified tokens the router remembers (jwt_cache_config; default 100; 0 verifies every request). */
+    cacheSize: z.number().int().min(0).max(100_000).optional(),
   }),
   /** ALLOW (default): a request no policy matches is refused 403; DENY: one a policy matches is. */
   rbac: z.strictObject({

@@ -76,6 +76,7 @@ export async function sovereignOptionsOf(config: SovereignListenerConfig): Promi
         claimToHeaders: config.jwt.claimToHeaders,
         requirePrefixes: config.jwt.requirePrefixes,
         ...(config.jwt.clockSkewSeconds === undefined ? {} : { clockSkewSeconds: config.jwt.clockSkewSeconds }),
+        ...(config.jwt.cacheSize === undefined ? {} : { cacheSize: config.jwt.cacheSize }),
       },
       rbac: { action: config.rbac.action, policies: config.rbac.policies },
       ...(disallowed.length === 0 ? {} : { disallowProxyVersions: disallowed }),

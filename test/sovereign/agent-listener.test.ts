@@ -12,7 +12,12 @@ import { join } from 'node:path';
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { pino } from 'pino';
+import { fromBinary } from '@bufbuild/protobuf';
 import { Agent } from '../../agent/index.js';
+import { sovereignOptionsOf } from '../../agent/sovereign-listener.js';
+import { sovereignListener } from '../../xds/index.js';
+import { HttpConnectionManagerSchema } from '../../xds/gen/envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager_pb.js';
+import { JwtAuthenticationSchema } from '../../xds/gen/envoy/extensions/filters/http/jwt_authn/v3/config_pb.js';
 import type { AgentOptions, SovereignListenerEvent } from '../../agent/agent.js';
 import type { ModeChange } from '../../agent/sovereignty.js';
 import type { Logger } from '../../common/log.js';
@@ -225,6 +230,17 @@ test('configuration: a listener needs the xds part and an in-cluster address (IN
   t.regex(wildcard?.message ?? '', /agent\.sovereignty\.listener\.address: "0\.0\.0\.0" is not a loopback or in-cluster/);
   const badPrincipal = t.throws(() => new Agent({ gateways: ['127.0.0.1:1'], tls, xds: {}, sovereignty: { ...sovereignty, listener: { ...listener, rbac: { policies: { p: { principals: [{ remoteIp: '10.0.0.0/99' }] } } } } } }));
   t.is((badPrincipal as { code?: string }).code, 'INVALID_OPTIONS');
+  const skew = t.throws(() => new Agent({ gateways: ['127.0.0.1:1'], tls, xds: {}, sovereignty: { ...sovereignty, listener: { ...listener, jwt: { ...listener.jwt, clockSkewSeconds: 120 } } } }));
+  t.regex(skew?.message ?? '', /clockSkewSeconds/, 'a skew the router would NACK is refused in the configuration');
+  const cached = new Agent({ ...base, gateways: ['127.0.0.1:1'], tls, sovereignty: { ...sovereignty, listener: { ...listener, jwt: { ...listener.jwt, cacheSize: 7 } } } });
+  const parsed = cached.config.sovereignty?.listener;
+  if (parsed === undefined) throw new Error('no parsed listener');
+  const published = sovereignListener((await sovereignOptionsOf(parsed)).listener);
+  const filter = published.filterChains[0]?.filters[0]?.configType;
+  const hcm = filter?.case === 'typedConfig' ? fromBinary(HttpConnectionManagerSchema, filter.value.value) : null;
+  const authn = hcm?.httpFilters.find((f) => f.name === 'envoy.filters.http.jwt_authn')?.configType;
+  const providers = authn?.case === 'typedConfig' ? fromBinary(JwtAuthenticationSchema, authn.value.value).providers : {};
+  t.is(Object.values(providers)[0]?.jwtCacheConfig?.jwtCacheSize, 7, 'jwt.cacheSize reaches the published jwt_authn provider');
 
   const agent = new Agent({
     ...base,
