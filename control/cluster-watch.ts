@@ -5,8 +5,8 @@
  * stream, refusals included). It gets the orgs' whole cluster list with each cluster's mode at
  * once, and again after every registration, mode change or deletion in this process, and, for
  * changes another control-plane process made on the same store, at the next `pollMs` re-read
- * (identical lists are not sent twice). Every later list asks the RBAC graph again: a gateway whose binding was removed gets
- * PERMISSION_DENIED at the next change. The stream ends with UNAUTHENTICATED when the caller's
+ * (identical lists are not sent twice). Every later list asks the RBAC graph again: a gateway
+ * whose binding was removed gets PERMISSION_DENIED at the next change or re-read. The stream ends with UNAUTHENTICATED when the caller's
  * token expires (the gateway reconnects with a fresh one), and with UNAVAILABLE when the control
  * plane drains.
  */

@@ -51,7 +51,9 @@ export const PHASE_NAMES: Readonly<Record<Phase, string>> = {
   8: 'TIMED_OUT',
 };
 
-const TERMINAL = new Set<number>([Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED, Phase.TIMED_OUT]);
+/** The phases no other phase can follow (store queries use the list, `isTerminal` the set). */
+export const TERMINAL_PHASES: readonly Phase[] = [Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED, Phase.TIMED_OUT];
+const TERMINAL = new Set<number>(TERMINAL_PHASES);
 
 export function isPhase(value: number): value is Phase {
   return Number.isInteger(value) && value >= Phase.UNDEFINED && value <= Phase.TIMED_OUT;

@@ -377,11 +377,11 @@ export class ControlService {
     return this.#call(caller, 'cluster.delete', { org: checkName('org', org) }, `cluster/${id}`, async () => {
       const existing = await this.store.getCluster(id);
       if (existing === undefined || existing.org !== org) throw notFound(`cluster ${id}`);
-      const outcome = await this.store.deleteCluster(id);
-      if (!outcome.deleted && (outcome.activeRuns > 0 || outcome.activeSchedules > 0)) {
-        throw new TetherError(ControlErrorCode.CLUSTER_IN_USE, `cluster ${id} still has ${outcome.activeRuns} unfinished run(s) and ${outcome.activeSchedules} active schedule(s)`);
+      const { deleted, activeRuns, activeSchedules } = await this.store.deleteCluster(id);
+      if (activeRuns > 0 || activeSchedules > 0) {
+        throw new TetherError(ControlErrorCode.CLUSTER_IN_USE, `cluster ${id} still has ${activeRuns} unfinished run(s) and ${activeSchedules} active schedule(s)`);
       }
-      if (!outcome.deleted) throw notFound(`cluster ${id}`);
+      if (!deleted) throw notFound(`cluster ${id}`);
       this.#emit({ kind: 'cluster', clusterId: id });
     });
   }

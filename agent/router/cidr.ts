@@ -33,7 +33,6 @@ export function ipBytes(address: string): Uint8Array | null {
   const groups = (text: string): string[] => (text === '' ? [] : text.split(':'));
   const head = groups(halves[0] ?? '');
   const tail = groups(halves[1] ?? '');
-  const words: number[] = [];
   const wordsOf = (list: string[], out: number[]): boolean => {
     for (const group of list) {
       if (group.includes('.')) {
@@ -47,7 +46,7 @@ export function ipBytes(address: string): Uint8Array | null {
   const front: number[] = [];
   const back: number[] = [];
   if (!wordsOf(head, front) || !wordsOf(tail, back)) return null;
-  words.push(...front, ...new Array<number>(8 - front.length - back.length).fill(0), ...back);
+  const words = [...front, ...new Array<number>(8 - front.length - back.length).fill(0), ...back];
   if (words.length !== 8) return null;
   words.forEach((word, k) => {
     bytes[2 * k] = word >> 8;

@@ -259,7 +259,6 @@ export type AuthnOutcome =
   | { ok: true; verified: VerifiedToken[]; rule: number | null }
   | { ok: false; error: TetherError; rule: number };
 
-/** Enforces compiled jwt_authn configurations; owns the remote key sets (kept across updates). */
 export type JwtCacheLookup = 'hit' | 'miss';
 
 export interface JwtAuthenticatorOptions {
@@ -268,9 +267,12 @@ export interface JwtAuthenticatorOptions {
   now?: () => number;
 }
 
+/**
+ * Enforces compiled jwt_authn configurations; owns the remote key sets (kept across updates) and
+ * the providers' verified-token caches (a new configuration starts with empty ones).
+ */
 export class JwtAuthenticator {
   readonly #remote = new Map<string, CachedRemoteKeySet>();
-  /** Per compiled provider: a new configuration starts with empty caches. */
   #caches = new WeakMap<JwtProviderConfig, VerifiedTokenCache<JWTPayload>>();
   readonly #onCacheLookup: (result: JwtCacheLookup) => void;
   readonly #now: () => number;

@@ -11,7 +11,6 @@
  * filter-state and destination matchers, LOG.
  */
 import { isIP } from 'node:net';
-import { cidrMatcher } from './cidr.js';
 import { fromBinary } from '@bufbuild/protobuf';
 import type { Any } from '@bufbuild/protobuf/wkt';
 import type { JWTPayload } from 'jose';
@@ -27,6 +26,7 @@ import type { RouteRequest } from './compile.js';
 import { join, onlyFields } from './fields.js';
 import type { Problem } from './fields.js';
 import { compileHeader, stringTest } from './matchers.js';
+import { cidrMatcher } from './cidr.js';
 
 /** A request as RBAC sees it. */
 export interface RbacRequest {

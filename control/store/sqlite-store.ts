@@ -6,7 +6,7 @@
  */
 import { isTetherError, TetherError } from '../../common/errors.js';
 import { ControlErrorCode } from '../errors.js';
-import { isTerminal, Phase } from '../phases.js';
+import { isTerminal, Phase, TERMINAL_PHASES } from '../phases.js';
 import { Envelope, fieldAad } from './envelope.js';
 import type { EnvelopeOptions } from './envelope.js';
 import type { Keyring } from './keyring.js';
@@ -395,9 +395,8 @@ export class SqliteStore implements ControlRepository {
 
   async deleteCluster(id: string): Promise<ClusterDeletion> {
     this.#beforeWrite();
-    const terminal = [Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED, Phase.TIMED_OUT];
     return this.db.transaction((): ClusterDeletion => {
-      const runs = this.#stmt(`SELECT COUNT(*) AS n FROM runs WHERE cluster_id = ? AND phase NOT IN (${terminal.join(', ')})`).get(id);
+      const runs = this.#stmt(`SELECT COUNT(*) AS n FROM runs WHERE cluster_id = ? AND phase NOT IN (${TERMINAL_PHASES.join(', ')})`).get(id);
       const schedules = this.#stmt('SELECT COUNT(*) AS n FROM schedules WHERE cluster_id = ? AND active = 1').get(id);
       const activeRuns = num(runs?.n);
       const activeSchedules = num(schedules?.n);

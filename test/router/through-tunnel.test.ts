@@ -33,13 +33,18 @@ function snapshot(routes: RouteInit[], clusters: Record<string, number[]>): Snap
   };
 }
 
+/** A gateway and one agent of c1 whose built-in router serves its static route (`/` → port) by xDS. */
+function builtInRouterEnv(port: number): ReturnType<typeof startTunnelEnv> {
+  return startTunnelEnv({
+    clusters: ['c1'],
+    agents: [{ clusterId: 'c1', routes: [{ prefix: '/', upstream: `http://127.0.0.1:${port}` }], xds: { listen: { host: '127.0.0.1', port: 0 }, useBuiltInRouter: true } }],
+  });
+}
+
 test('tunnelled requests follow a weight change made through the agent xDS server, with zero failures', async (t) => {
   const a = await namedUpstream('a');
   const b = await namedUpstream('b');
-  const env = await startTunnelEnv({
-    clusters: ['c1'],
-    agents: [{ clusterId: 'c1', routes: [{ prefix: '/', upstream: `http://127.0.0.1:${a.port}` }], xds: { listen: { host: '127.0.0.1', port: 0 }, useBuiltInRouter: true } }],
-  });
+  const env = await builtInRouterEnv(a.port);
   const pool = new https.Agent({ keepAlive: true, maxSockets: 16 });
   const replies: Array<{ phase: string; ended: string; status: number; body: string; code: string }> = [];
   const errors: string[] = [];
@@ -136,10 +141,7 @@ test('tunnelled requests follow a weight change made through the agent xDS serve
 test('Agent.setRoutes reaches the built-in router: a route added to the agent is served by xDS and routes tunnelled requests', async (t) => {
   const a = await namedUpstream('a');
   const b = await namedUpstream('b');
-  const env = await startTunnelEnv({
-    clusters: ['c1'],
-    agents: [{ clusterId: 'c1', routes: [{ prefix: '/', upstream: `http://127.0.0.1:${a.port}` }], xds: { listen: { host: '127.0.0.1', port: 0 }, useBuiltInRouter: true } }],
-  });
+  const env = await builtInRouterEnv(a.port);
   try {
     const agent = env.agents[0];
     const client = agent?.xds?.client;
